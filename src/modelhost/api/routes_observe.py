@@ -1,0 +1,179 @@
+"""Read-only views of a deployment's life: events, replica logs, GPU availability, catalog."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import StreamingResponse
+
+from modelhost.api.deps import PrincipalDep, ServicesDep
+from modelhost.api.views import event_object
+from modelhost.domain.deployments import CPU
+from modelhost.services import Services
+from modelhost.store import deployments as store
+from modelhost.store.tables import Replica
+
+router = APIRouter()
+
+MAX_LOG_LINES = 5000
+FOLLOW_POLL_S = 0.5
+
+
+@router.get("/deploy/llm/gpu_availability")
+def gpu_availability(who: PrincipalDep, services: ServicesDep) -> dict[str, Any]:
+    totals = dict(services.inventory.types())
+    used: dict[str, int] = {}
+    with services.db.session() as s:
+        for row in store.live_replica_rows(s):
+            for device in row.devices:
+                gpu = services.inventory.type_of(device)
+                if gpu is not None:
+                    used[gpu] = used.get(gpu, 0) + 1
+    return {
+        "gpus": [
+            {
+                "gpu": gpu,
+                "total": total,
+                "available": max(0, total - used.get(gpu, 0)),
+                "usd_per_hour": services.settings.price_per_hour(gpu),
+                "virtual": services.inventory.is_virtual(gpu) if gpu != CPU else False,
+            }
+            for gpu, total in sorted(totals.items())
+        ]
+    }
+
+
+@router.get("/v1/catalog/models")
+def catalog_models(who: PrincipalDep, services: ServicesDep) -> dict[str, Any]:
+    return {
+        "models": [
+            {"name": m.name, "description": m.description, "available": m.available}
+            for m in services.catalog.values()
+        ]
+    }
+
+
+@router.get("/deploy/{deploy_id}/events")
+def events(
+    deploy_id: str,
+    who: PrincipalDep,
+    services: ServicesDep,
+    after: int = Query(default=0, ge=0),
+    limit: int = Query(default=500, ge=1, le=5000),
+) -> dict[str, Any]:
+    with services.db.session() as s:
+        store.get_owned(s, who, deploy_id)
+        return {"events": [event_object(e) for e in store.list_events(s, deploy_id, after, limit)]}
+
+
+def _replica_logs(
+    services: Services, who: Any, deploy_id: str, replica: str | None, since: float | None
+) -> list[Replica]:
+    with services.db.session() as s:
+        store.get_owned(s, who, deploy_id)
+        rows = store.replicas_of(s, deploy_id)
+    out = []
+    for r in rows:
+        if replica and r.id != replica:
+            continue
+        if since is not None and r.exited_at is not None and r.exited_at.timestamp() < since:
+            continue
+        out.append(r)
+    return out
+
+
+def _tail(path: Path, limit: int) -> list[str]:
+    try:
+        with path.open("rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(0, size - 256 * 1024))
+            data = f.read()
+    except OSError:
+        return []
+    return data.decode("utf-8", "replace").splitlines()[-limit:]
+
+
+@router.get("/deploy/{deploy_id}/logs", response_model=None)
+def logs(
+    deploy_id: str,
+    request: Request,
+    who: PrincipalDep,
+    services: ServicesDep,
+    replica: str | None = None,
+    since: float | None = Query(default=None, description="unix seconds"),
+    limit: int = Query(default=100, ge=1, le=MAX_LOG_LINES),
+    follow: bool = False,
+) -> dict[str, Any] | StreamingResponse:
+    rows = _replica_logs(services, who, deploy_id, replica, since)
+    entries = [
+        {"replica": r.id, "line": line}
+        for r in rows
+        if r.log_path
+        for line in _tail(Path(r.log_path), limit)
+    ][-limit:]
+    if not follow:
+        return {"entries": entries}
+    return StreamingResponse(
+        _follow(services, who, deploy_id, replica, entries, request),
+        media_type="application/x-ndjson",
+    )
+
+
+async def _follow(
+    services: Services,
+    who: Any,
+    deploy_id: str,
+    replica: str | None,
+    first: list[dict[str, Any]],
+    request: Request,
+) -> AsyncIterator[bytes]:
+    """NDJSON: the last lines, then every new line of every replica, as it is written."""
+    for entry in first:
+        yield (json.dumps(entry) + "\n").encode()
+    offsets: dict[str, int] = {}
+    for r in await asyncio.to_thread(_replica_logs, services, who, deploy_id, replica, None):
+        if r.log_path:
+            offsets[r.id] = _size(Path(r.log_path))
+    partial: dict[str, bytes] = {}
+    while not await request.is_disconnected():
+        try:
+            rows = await asyncio.to_thread(_replica_logs, services, who, deploy_id, replica, None)
+        except Exception:
+            return  # deleted, or our access ended
+        for r in rows:
+            if not r.log_path:
+                continue
+            chunk = _read_from(Path(r.log_path), offsets.get(r.id, 0))
+            if not chunk:
+                continue
+            offsets[r.id] = offsets.get(r.id, 0) + len(chunk)
+            data = partial.pop(r.id, b"") + chunk
+            *lines, rest = data.split(b"\n")
+            if rest:
+                partial[r.id] = rest
+            for line in lines:
+                entry = {"replica": r.id, "line": line.decode("utf-8", "replace")}
+                yield (json.dumps(entry) + "\n").encode()
+        await asyncio.sleep(FOLLOW_POLL_S)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _read_from(path: Path, offset: int) -> bytes:
+    try:
+        with path.open("rb") as f:
+            f.seek(offset)
+            return f.read(1024 * 1024)
+    except OSError:
+        return b""

@@ -1,0 +1,1 @@
+"""The `modelhost` command line (Typer + Rich), modelled on DeepInfra's deepctl."""

@@ -1,0 +1,425 @@
+"""The modelhost Python SDK: a typed, synchronous client for the control-plane REST API.
+
+    from modelhost import Client
+    with Client("http://127.0.0.1:8080", token) as mh:
+        dep = mh.create_llm("tiny", base_model="smollm2-135m-instruct")
+        dep = mh.wait_until_settled(dep.deploy_id, timeout=600)
+
+Inference goes through the OpenAI-compatible routes: point the official `openai` package at
+`<server>/v1/openai` with the same token (`Client.openai()` does that), or use
+`Client.chat_stream()`, which needs nothing beyond httpx.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from modelhost.client_errors import (
+    ModelhostAPIError,
+    ModelhostConnectionError,
+    ModelhostTimeoutError,
+    error_from_response,
+)
+from modelhost.client_models import (
+    ApiToken,
+    CatalogModel,
+    CreatedUser,
+    DeployEvent,
+    Deployment,
+    GpuType,
+    LogEntry,
+    Me,
+    User,
+)
+from modelhost.client_sse import ChatDelta, iter_chat_deltas
+
+if TYPE_CHECKING:
+    import openai
+
+__all__ = ["Client"]
+
+SinceT = datetime | float | int | str
+
+
+def _unwrap_list(body: Any, *keys: str) -> list[Any]:
+    """Accept a bare JSON list or an object wrapping it under one of `keys`."""
+    if isinstance(body, list):
+        return body
+    if isinstance(body, dict):
+        for key in keys:
+            value = body.get(key)
+            if isinstance(value, list):
+                return value
+    raise ModelhostAPIError(200, "unexpected_response", f"expected a list, got: {body!r:.200}")
+
+
+def _since_param(since: SinceT) -> str:
+    # The server takes unix seconds; a naive datetime is taken as local time, like Python does.
+    return str(since.timestamp()) if isinstance(since, datetime) else str(since)
+
+
+def _log_entry(raw: str) -> LogEntry | None:
+    """One line of the follow stream: JSON `{"ts","replica","line"}`; plain text is kept as is."""
+    text = raw.rstrip("\r\n")
+    if not text.strip():
+        return None  # keep-alive
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError:
+        return LogEntry(line=text)
+    return LogEntry.model_validate(obj) if isinstance(obj, dict) else LogEntry(line=text)
+
+
+class Client:
+    """Synchronous client. `transport` replaces the network layer (e.g. `httpx.MockTransport`
+    in unit tests, or `httpx.HTTPTransport(retries=3)`); httpx.ASGITransport is async-only, so to
+    drive an in-process app run it under uvicorn on 127.0.0.1 and pass its URL instead."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        timeout: float = 30,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        from modelhost import __version__
+
+        self.base_url = base_url.rstrip("/")
+        self._token = token
+        self._timeout = timeout
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            headers={
+                "Authorization": f"Bearer {token}",
+                "User-Agent": f"modelhost-python/{__version__}",
+            },
+            timeout=timeout,
+            transport=transport,
+        )
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _connection_error(self, exc: httpx.TransportError) -> ModelhostConnectionError:
+        detail = str(exc) or type(exc).__name__
+        if isinstance(exc, httpx.ConnectError):
+            detail = f"connection failed ({detail}); is `modelhost serve` running there?"
+        return ModelhostConnectionError(self.base_url, detail)
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> Any:
+        try:
+            resp = self._http.request(method, path, json=json_body, params=params)
+        except httpx.TransportError as exc:
+            raise self._connection_error(exc) from exc
+        if resp.is_error:
+            raise error_from_response(resp)
+        if not resp.content:
+            return None
+        try:
+            return resp.json()
+        except json.JSONDecodeError:
+            return resp.text
+
+    @contextmanager
+    def _stream(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> Iterator[httpx.Response]:
+        # No read timeout: a followed log or a long generation may be quiet for a long time.
+        timeout = httpx.Timeout(self._timeout, read=None)
+        try:
+            with self._http.stream(
+                method, path, json=json_body, params=params, timeout=timeout
+            ) as resp:
+                if resp.is_error:
+                    resp.read()
+                    raise error_from_response(resp)
+                yield resp
+        except httpx.TransportError as exc:
+            raise self._connection_error(exc) from exc
+
+    def _deployment_or_fetch(self, body: Any, deploy_id: str) -> Deployment:
+        """Routes answer with the deploy object, or DeepInfra-style with just `{deploy_id}`."""
+        if isinstance(body, dict) and "status" in body and "model_name" in body:
+            return Deployment.model_validate(body)
+        return self.get_deployment(deploy_id)
+
+    # -- account, users, tokens -------------------------------------------------------------
+
+    def me(self) -> Me:
+        return Me.model_validate(self._request("GET", "/v1/me"))
+
+    def create_user(
+        self, username: str, gpu_limit: int | None = None, *, is_admin: bool = False
+    ) -> CreatedUser:
+        """Admin only. The answer carries the user's first token, shown this once."""
+        body: dict[str, Any] = {"username": username}
+        if gpu_limit is not None:
+            body["gpu_limit"] = gpu_limit
+        if is_admin:
+            body["is_admin"] = True
+        return CreatedUser.model_validate(self._request("POST", "/v1/users", json_body=body))
+
+    def list_users(self) -> list[User]:
+        body = self._request("GET", "/v1/users")
+        return [User.model_validate(u) for u in _unwrap_list(body, "users", "data")]
+
+    def delete_user(self, username: str) -> None:
+        self._request("DELETE", f"/v1/users/{username}")
+
+    def list_tokens(self) -> list[ApiToken]:
+        body = self._request("GET", "/v1/api-tokens")
+        return [ApiToken.model_validate(t) for t in _unwrap_list(body, "tokens", "data")]
+
+    def create_token(self, name: str) -> ApiToken:
+        """The returned `token` is shown this once. 409 if the name is in use."""
+        return ApiToken.model_validate(
+            self._request("POST", "/v1/api-tokens", json_body={"name": name})
+        )
+
+    def revoke_token(self, token_id: str) -> None:
+        self._request("DELETE", f"/v1/api-tokens/{token_id}")
+
+    # -- deployments ------------------------------------------------------------------------
+
+    def create_llm(
+        self,
+        model_name: str,
+        *,
+        gpu: str = "CPU",
+        num_gpus: int = 1,
+        max_batch_size: int = 96,
+        hf: Mapping[str, Any] | None = None,
+        local: Mapping[str, Any] | str | None = None,
+        base_model: str | None = None,
+        engine: str = "auto",
+        engine_args: Sequence[str] | None = None,
+        settings: Mapping[str, Any] | None = None,
+        public: bool = False,
+    ) -> Deployment:
+        """Create a deployment (`POST /deploy/llm`). Weights: one of `hf` ({"repo", "revision",
+        "token"}), `local` ({"path"} or a path string) or `base_model` (a catalog name)."""
+        body: dict[str, Any] = {
+            "model_name": model_name,
+            "gpu": gpu,
+            "num_gpus": num_gpus,
+            "max_batch_size": max_batch_size,
+            "engine": engine,
+            "engine_args": list(engine_args or []),
+        }
+        if hf is not None:
+            body["hf"] = {k: v for k, v in hf.items() if v is not None}
+        if local is not None:
+            body["local"] = {"path": local} if isinstance(local, str) else dict(local)
+        if base_model is not None:
+            body["base_model"] = base_model
+        if settings is not None:
+            body["settings"] = dict(settings)
+        if public:
+            # Only sent when asked for, so servers that predate public deployments still accept
+            # the ordinary create body.
+            body["public"] = True
+        return Deployment.model_validate(self._request("POST", "/deploy/llm", json_body=body))
+
+    def list_deployments(
+        self, status: str | Sequence[str] | None = None, all: bool = False
+    ) -> list[Deployment]:
+        """The caller's deployments, optionally filtered by status; `all=True` (admin) lists
+        every user's."""
+        params: dict[str, str] = {}
+        if status:
+            params["status"] = status if isinstance(status, str) else ",".join(status)
+        if all:
+            params["all"] = "true"
+        body = self._request("GET", "/deploy/list", params=params or None)
+        return [Deployment.model_validate(d) for d in _unwrap_list(body, "deployments", "data")]
+
+    def get_deployment(self, deploy_id: str) -> Deployment:
+        return Deployment.model_validate(self._request("GET", f"/deploy/{deploy_id}"))
+
+    def update_deployment(
+        self,
+        deploy_id: str,
+        settings: Mapping[str, Any] | None = None,
+        config: Mapping[str, Any] | None = None,
+        *,
+        public: bool | None = None,
+    ) -> Deployment:
+        """`settings` apply live; `config` (max_batch_size, engine_args, hf.revision) triggers a
+        rolling replacement (status `updating`); `public` shares it with every user or not."""
+        body: dict[str, Any] = {}
+        if settings is not None:
+            body["settings"] = dict(settings)
+        if config is not None:
+            body["config"] = dict(config)
+        if public is not None:
+            body["public"] = public
+        if not body:
+            raise ValueError("update_deployment needs settings, config or public")
+        resp = self._request("PUT", f"/deploy/{deploy_id}", json_body=body)
+        return self._deployment_or_fetch(resp, deploy_id)
+
+    def delete_deployment(self, deploy_id: str) -> str:
+        body = self._request("DELETE", f"/deploy/{deploy_id}")
+        if isinstance(body, dict) and isinstance(body.get("deploy_id"), str):
+            return str(body["deploy_id"])
+        return deploy_id
+
+    def stop_deployment(self, deploy_id: str) -> Deployment:
+        return self._deployment_or_fetch(
+            self._request("POST", f"/deploy/{deploy_id}/stop"), deploy_id
+        )
+
+    def start_deployment(self, deploy_id: str) -> Deployment:
+        return self._deployment_or_fetch(
+            self._request("POST", f"/deploy/{deploy_id}/start"), deploy_id
+        )
+
+    def events(self, deploy_id: str) -> list[DeployEvent]:
+        """Status changes, replica starts/exits and scaling decisions, newest last."""
+        body = self._request("GET", f"/deploy/{deploy_id}/events")
+        return [DeployEvent.model_validate(e) for e in _unwrap_list(body, "events", "data")]
+
+    @staticmethod
+    def _log_params(
+        replica: str | None, since: SinceT | None, limit: int | None, follow: bool
+    ) -> dict[str, str]:
+        params: dict[str, str] = {}
+        if replica is not None:
+            params["replica"] = replica
+        if since is not None:
+            params["since"] = _since_param(since)
+        if limit is not None:
+            params["limit"] = str(limit)
+        if follow:
+            params["follow"] = "true"
+        return params
+
+    def logs(
+        self,
+        deploy_id: str,
+        replica: str | None = None,
+        since: SinceT | None = None,
+        limit: int | None = None,
+    ) -> list[LogEntry]:
+        """Replica output so far (oldest first)."""
+        params = self._log_params(replica, since, limit, False)
+        body = self._request("GET", f"/deploy/{deploy_id}/logs", params=params)
+        if body is None:
+            return []
+        if isinstance(body, str):
+            entries = (_log_entry(line) for line in body.splitlines())
+            return [e for e in entries if e is not None]
+        raw = _unwrap_list(body, "entries", "logs", "lines", "data")
+        return [
+            LogEntry.model_validate(item) if isinstance(item, dict) else LogEntry(line=str(item))
+            for item in raw
+        ]
+
+    def follow_logs(
+        self,
+        deploy_id: str,
+        replica: str | None = None,
+        since: SinceT | None = None,
+        limit: int | None = None,
+    ) -> Generator[LogEntry, None, None]:
+        """Yield log entries as the replicas write them, until the server closes the stream (the
+        deployment is gone) or the caller stops iterating (which closes the connection)."""
+        params = self._log_params(replica, since, limit, True)
+        with self._stream("GET", f"/deploy/{deploy_id}/logs", params=params) as resp:
+            for raw in resp.iter_lines():
+                entry = _log_entry(raw)
+                if entry is not None:
+                    yield entry
+
+    def gpu_availability(self) -> list[GpuType]:
+        body = self._request("GET", "/deploy/llm/gpu_availability")
+        return [GpuType.model_validate(g) for g in _unwrap_list(body, "gpus")]
+
+    def catalog_models(self) -> list[CatalogModel]:
+        body = self._request("GET", "/v1/catalog/models")
+        return [CatalogModel.model_validate(m) for m in _unwrap_list(body, "models")]
+
+    def wait_until_settled(
+        self,
+        deploy_id: str,
+        timeout: float = 900.0,
+        *,
+        poll_interval: float = 1.0,
+        on_update: Callable[[Deployment], None] | None = None,
+    ) -> Deployment:
+        """Poll until the status leaves pending/initializing/updating and return the deployment
+        (which may be `errored`: check `.status`). `on_update` sees every polled object.
+        Raises ModelhostTimeoutError after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            dep = self.get_deployment(deploy_id)
+            if on_update is not None:
+                on_update(dep)
+            if dep.settled:
+                return dep
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ModelhostTimeoutError(
+                    f"deployment {deploy_id} still {dep.status} after {timeout:g}s"
+                )
+            time.sleep(min(poll_interval, remaining))
+
+    # -- inference ----------------------------------------------------------------------------
+
+    def chat_stream(
+        self,
+        model: str,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        **params: Any,
+    ) -> Generator[ChatDelta, None, None]:
+        """Stream a chat completion from `/v1/openai/chat/completions`. Extra keyword arguments
+        are sent as OpenAI sampling parameters (top_p, stop, seed, ...)."""
+        body: dict[str, Any] = {"model": model, "messages": list(messages), "stream": True}
+        if max_tokens is not None:
+            body["max_tokens"] = max_tokens
+        if temperature is not None:
+            body["temperature"] = temperature
+        body.update(params)
+        with self._stream("POST", "/v1/openai/chat/completions", json_body=body) as resp:
+            yield from iter_chat_deltas(resp.iter_lines(), resp.status_code)
+
+    def openai(self) -> openai.OpenAI:
+        """An `openai.OpenAI` client for this server and token (needs `pip install openai`)."""
+        try:
+            import openai
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ImportError("Client.openai() needs the `openai` package") from exc
+        return openai.OpenAI(
+            base_url=f"{self.base_url}/v1/openai", api_key=self._token, timeout=self._timeout
+        )

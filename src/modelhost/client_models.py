@@ -1,0 +1,135 @@
+"""Typed views of the API's JSON objects, as returned by `modelhost.Client`.
+
+Every model keeps unknown fields (`extra="allow"`, reachable via `.model_extra` or
+`model_dump()`), so a newer server that adds fields never breaks an older SDK, and the CLI can
+show whatever a server sends (e.g. the deploy object's `autoscaling` details).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
+
+# Statuses in which a deployment is still on its way somewhere (mirrors
+# modelhost.domain.status.UNSETTLED; the SDK must not import server code).
+UNSETTLED_STATUSES = frozenset({"pending", "initializing", "updating"})
+
+
+class _Obj(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+class Me(_Obj):
+    username: str
+    is_admin: bool = False
+    gpu_limit: int | None = None
+    gpus_reserved: int | None = None
+
+
+class User(_Obj):
+    username: str
+    is_admin: bool = False
+    gpu_limit: int | None = None
+    gpus_reserved: int | None = None
+    created_at: datetime | None = None
+
+
+class CreatedUser(_Obj):
+    """A new user and its first API token (shown once)."""
+
+    username: str
+    token: str
+
+
+class ApiToken(_Obj):
+    """An API token. `token` is only set in the answer to `create_token` (shown once)."""
+
+    name: str
+    token_id: str | None = Field(default=None, validation_alias=AliasChoices("token_id", "id"))
+    token: str | None = None
+    prefix: str | None = None
+    created_at: datetime | None = None
+    last_used_at: datetime | None = None
+
+
+class Instances(_Obj):
+    running: int = 0
+    pending: int = 0
+
+
+class Deployment(_Obj):
+    """The deploy object (DeepInfra's `DeploymentOut` shape)."""
+
+    deploy_id: str
+    model_name: str
+    type: str = "llm"
+    status: str
+    fail_reason: str | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    instances: Instances = Field(default_factory=Instances)
+    config: dict[str, Any] = Field(default_factory=dict)
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def settled(self) -> bool:
+        """False while the deployment is pending, initializing or updating."""
+        return self.status not in UNSETTLED_STATUSES
+
+    @property
+    def full_name(self) -> str:
+        """`<username>/<model_name>`: the `model` value for the inference APIs."""
+        return self.model_name
+
+
+class DeployEvent(_Obj):
+    """One entry of a deployment's history: a status change, replica start/exit, scaling."""
+
+    ts: datetime | None = Field(
+        default=None, validation_alias=AliasChoices("ts", "time", "created_at", "timestamp")
+    )
+    kind: str | None = Field(default=None, validation_alias=AliasChoices("kind", "type", "event"))
+    message: str = Field(default="", validation_alias=AliasChoices("message", "reason", "detail"))
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class LogEntry(_Obj):
+    """One line of replica output."""
+
+    ts: datetime | None = None
+    replica: str | None = None
+    line: str = ""
+
+    @field_validator("ts", mode="before")
+    @classmethod
+    def _lenient_ts(cls, value: Any) -> Any:
+        # A timestamp we cannot read must not cost the user the log line itself.
+        try:
+            return TypeAdapter(datetime | None).validate_python(value)
+        except ValidationError:
+            return None
+
+
+class GpuType(_Obj):
+    gpu: str
+    total: int | None = None
+    available: int | None = None
+    usd_per_hour: float | None = None
+
+
+class CatalogModel(_Obj):
+    """A model the server offers under `base_model`."""
+
+    name: str
+    description: str = ""
+    available: bool = True

@@ -1,0 +1,121 @@
+"""Typed settings for `modelhost serve`, built once in main() and passed down.
+
+Sources, highest priority first: command-line flags (applied by the CLI as init kwargs),
+`MODELHOST_*` environment variables, an optional TOML file (`--config` / `MODELHOST_CONFIG`),
+then the defaults below.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+class CatalogModelConfig(BaseSettings):
+    """An operator-configured catalog model (`[[catalog]]` in the TOML file)."""
+
+    name: str
+    description: str = ""
+    local_path: str | None = None
+    hf_repo: str | None = None
+    hf_revision: str | None = None
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MODELHOST_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: Path = Field(default_factory=lambda: Path.home() / ".modelhost")
+    # None means SQLite at <data_dir>/modelhost.db.
+    database_url: str | None = None
+    # Virtual GPUs, e.g. "A100-80GB:8,H100-80GB:4". Real NVIDIA GPUs are discovered as well.
+    gpus: str = ""
+    # How many CPU replicas may run at once (the `CPU` type is always offered).
+    cpu_slots: int = 4
+    # Skip nvidia-smi discovery (tests, or machines whose GPUs modelhost must not touch).
+    discover_gpus: bool = True
+    admin_token: SecretStr | None = None
+    # Key for encrypting HF tokens at rest. Generated into <data_dir>/secret.key when unset.
+    secret_key: SecretStr | None = None
+    # Default GPU quota for new users.
+    default_gpu_limit: int = 4
+    # USD per GPU-hour per type, e.g. "A100-80GB=2.0,H100-80GB=3.0"; unknown types use 0.
+    gpu_prices: str = "A100-80GB=2.0,H100-80GB=3.0,H200-141GB=3.5,L4-24GB=0.8,CPU=0.0"
+
+    # Control loops.
+    reconcile_interval_s: float = 0.5
+    # Gateway.
+    request_timeout_s: float = 600.0
+    # Queue per deployment, as a multiple of (replicas * max_batch_size); at least queue_min.
+    queue_factor: float = 4.0
+    queue_min: int = 64
+    # A request for a deployment with no ready replica waits this long for one.
+    cold_start_timeout_s: float = 300.0
+    max_body_bytes: int = 4 * 1024 * 1024
+    # Replicas.
+    drain_timeout_s: float = 30.0
+    health_probe_interval_s: float = 1.0
+    # A replica that has not become healthy in this long is killed and counted as a failed start.
+    startup_timeout_s: float = 900.0
+    max_start_failures: int = 3
+    restart_backoff_base_s: float = 1.0
+    restart_backoff_max_s: float = 60.0
+    shutdown_grace_s: float = 20.0
+
+    # `make run`: create (once) and wait for a demo deployment of the packaged model.
+    demo: bool = False
+
+    # Operator-configured catalog models (TOML `[[catalog]]` tables).
+    catalog: list[CatalogModelConfig] = Field(default_factory=list)
+
+    config_file: Path | None = Field(default=None, alias="config")
+
+    @field_validator("data_dir", mode="before")
+    @classmethod
+    def _expand(cls, v: Any) -> Any:
+        return Path(os.path.expanduser(str(v))) if v is not None else v
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_path = os.environ.get("MODELHOST_CONFIG")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_path:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(toml_path)))
+        return tuple(sources)
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        if self.database_url:
+            url = self.database_url
+            # Plain postgresql:// means the psycopg 3 driver we ship, not psycopg2.
+            if url.startswith("postgresql://") or url.startswith("postgres://"):
+                url = "postgresql+psycopg://" + url.split("://", 1)[1]
+            return url
+        return f"sqlite:///{self.data_dir / 'modelhost.db'}"
+
+    def price_per_hour(self, gpu: str) -> float:
+        for part in self.gpu_prices.split(","):
+            name, _, price = part.partition("=")
+            if name.strip() == gpu:
+                try:
+                    return float(price)
+                except ValueError:
+                    return 0.0
+        return 0.0

@@ -1,0 +1,136 @@
+"""The control loops of one server process and their supervisor.
+
+Each loop is a `run_once()` called by `_supervise`, which logs and counts errors and sleeps an
+interval (woken early by `Services.notify()`). A failing pass never kills the loop, and the
+gateway keeps serving its last routing snapshot meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from prometheus_client import CollectorRegistry, Counter
+
+from modelhost.gateway.core import Gateway
+from modelhost.orchestrator.backends.base import Backend
+from modelhost.orchestrator.reconciler import Reconciler
+from modelhost.orchestrator.types import RestartPolicy
+from modelhost.services import Services
+from modelhost.store import deployments as store
+from modelhost.store.tables import Deployment
+
+log = logging.getLogger(__name__)
+
+# A loop that has not completed a pass for this long makes /readyz fail.
+STALL_S = 30.0
+DEMAND_DEBOUNCE_S = 1.0
+
+
+def default_backend(services: Services) -> Backend:
+    from modelhost.orchestrator.backends.local import LocalBackend
+
+    s = services.settings
+    return LocalBackend(
+        s.data_dir,
+        services.inventory,
+        probe_interval_s=s.health_probe_interval_s,
+        startup_timeout_s=s.startup_timeout_s,
+        stop_grace_s=min(5.0, s.shutdown_grace_s),
+    )
+
+
+class ControlLoops:
+    def __init__(
+        self, services: Services, registry: CollectorRegistry, backend: Backend | None
+    ) -> None:
+        self.services = services
+        self.backend = backend or default_backend(services)
+        self._gateway: Gateway | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._last_pass: dict[str, float] = {}
+        self._last_demand: dict[str, float] = {}
+        self._errors = Counter(
+            "modelhost_loop_errors", "Failed passes of a control loop", ["loop"], registry=registry
+        )
+        self.reconciler: Reconciler | None = None
+
+    def attach_gateway(self, gateway: Gateway) -> None:
+        s = self.services.settings
+        self._gateway = gateway
+        self.reconciler = Reconciler(
+            self.services,
+            self.backend,
+            gateway,
+            RestartPolicy(
+                backoff_base_s=s.restart_backoff_base_s,
+                backoff_max_s=s.restart_backoff_max_s,
+                max_start_failures=s.max_start_failures,
+            ),
+        )
+
+    async def start(self) -> None:
+        assert self.reconciler is not None
+        await asyncio.to_thread(self.reconciler.adopt)
+        interval = self.services.settings.reconcile_interval_s
+        self._spawn("reconciler", self.reconciler.run_once, interval, wake=True)
+
+    def _spawn(
+        self, name: str, fn: Callable[[], Awaitable[None]], interval: float, wake: bool = False
+    ) -> None:
+        self._last_pass[name] = time.monotonic()
+        self._tasks.append(asyncio.create_task(self._supervise(name, fn, interval, wake)))
+
+    async def _supervise(
+        self, name: str, fn: Callable[[], Awaitable[None]], interval: float, wake: bool
+    ) -> None:
+        while True:
+            try:
+                await fn()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self._errors.labels(name).inc()
+                log.exception("%s pass failed", name)
+            self._last_pass[name] = time.monotonic()
+            if wake:
+                await self.services.wait_for_work(interval)
+            else:
+                await asyncio.sleep(interval)
+
+    def healthy(self) -> bool:
+        now = time.monotonic()
+        return bool(self._tasks) and all(now - t < STALL_S for t in self._last_pass.values())
+
+    async def stop(self) -> None:
+        """Stop the loops, then every replica (draining in-flight work, bounded)."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self.reconciler is not None:
+            await self.reconciler.wait_drains()
+        grace = self.services.settings.shutdown_grace_s
+        await asyncio.to_thread(self.backend.close, True, grace)
+
+    # ---- the activator's hook -------------------------------------------------------------
+    def on_demand(self, deploy_id: str) -> None:
+        """A request arrived for a deployment with no ready replica: make sure one is wanted.
+        Called on the event loop by the gateway; the store write runs in a thread."""
+        now = time.monotonic()
+        if now - self._last_demand.get(deploy_id, 0.0) < DEMAND_DEBOUNCE_S:
+            return
+        self._last_demand[deploy_id] = now
+        asyncio.get_running_loop().run_in_executor(None, self._scale_from_zero, deploy_id)
+
+    def _scale_from_zero(self, deploy_id: str) -> None:
+        with self.services.db.session() as s:
+            dep = s.get(Deployment, deploy_id)
+            if dep is None or dep.desired_state != "running" or dep.desired_replicas > 0:
+                return
+            dep.desired_replicas = 1
+            dep.scale_reason = "a request arrived while at zero replicas -> 1 replica"
+            store.add_event(s, deploy_id, "scale", dep.scale_reason)
+        self.services.notify()

@@ -1,0 +1,54 @@
+"""Pure rules about deployments: names, engines, weights and the GPU quota."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+MODEL_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+ENGINES = ("auto", "builtin", "simulator")
+CPU = "CPU"
+MAX_NUM_GPUS = 8
+MAX_BATCH_SIZE = 256
+DEFAULT_MAX_BATCH_SIZE = 96
+
+
+def resolve_engine(engine: str, has_weights: bool) -> str:
+    """The engine a replica actually runs. `auto` picks the built-in engine, which runs on any
+    machine (vLLM on real GPUs is a later addition)."""
+    if engine == "auto":
+        return "builtin"
+    return engine
+
+
+@dataclass(frozen=True)
+class QuotaItem:
+    """What one live deployment reserves: GPUs are reserved at max_instances, since the
+    autoscaler may grow to it at any moment without asking again."""
+
+    gpu: str
+    num_gpus: int
+    max_instances: int
+
+    @property
+    def gpus(self) -> int:
+        return 0 if self.gpu == CPU else self.num_gpus * self.max_instances
+
+
+def gpus_reserved(items: Iterable[QuotaItem]) -> int:
+    return sum(i.gpus for i in items)
+
+
+def quota_error(existing: Iterable[QuotaItem], new: QuotaItem, limit: int) -> str | None:
+    """A message when adding `new` to `existing` breaks the owner's GPU limit, else None."""
+    used = gpus_reserved(existing)
+    if new.gpus and used + new.gpus > limit:
+        return (
+            f"GPU quota exceeded: this deployment needs {new.gpus} GPUs "
+            f"({new.max_instances} instances x {new.num_gpus} {new.gpu}), {used} of your "
+            f"{limit} are reserved by your other deployments; lower max_instances, stop another "
+            f"deployment, or ask an admin to raise your gpu_limit"
+        )
+    return None

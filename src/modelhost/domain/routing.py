@@ -1,0 +1,14 @@
+"""What the gateway needs to know about a routable replica (published by the reconciler)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ReplicaEndpoint:
+    replica_id: str
+    deploy_id: str
+    url: str  # http://127.0.0.1:PORT
+    max_batch_size: int
+    generation: int

@@ -1,0 +1,74 @@
+"""The one place a deployment's status is derived, from its desired state and its replicas."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class DeploymentStatus(StrEnum):
+    PENDING = "pending"
+    INITIALIZING = "initializing"
+    READY = "ready"
+    STANDBY = "standby"
+    STOPPED = "stopped"
+    ERRORED = "errored"
+    UPDATING = "updating"
+    DELETED = "deleted"
+
+
+class DesiredState(StrEnum):
+    """What the owner asked for: running (autoscaled between min and max), stopped, deleted."""
+
+    RUNNING = "running"
+    STOPPED = "stopped"
+    DELETED = "deleted"
+
+
+# Statuses in which the deployment is still making progress (CLI waits while in these).
+UNSETTLED = frozenset(
+    {DeploymentStatus.PENDING, DeploymentStatus.INITIALIZING, DeploymentStatus.UPDATING}
+)
+
+
+@dataclass(frozen=True)
+class ReplicaCounts:
+    """Live replicas of a deployment, split by state and by config generation."""
+
+    ready: int = 0
+    starting: int = 0
+    draining: int = 0
+    ready_current: int = 0  # ready replicas running the current config generation
+    ever_started: bool = False  # any replica of this deployment was ever launched
+
+
+@dataclass(frozen=True)
+class StatusInputs:
+    desired_state: DesiredState
+    desired_replicas: int
+    replicas: ReplicaCounts
+    errored_reason: str | None = None
+
+
+def derive_status(inp: StatusInputs) -> DeploymentStatus:
+    """Map desired state + observed replicas to the user-facing status.
+
+    Order matters: deleted and stopped are the owner's word; errored wins over standby because a
+    deployment whose last start failed must not look like it will start on the next request.
+    """
+    r = inp.replicas
+    if inp.desired_state is DesiredState.DELETED:
+        return DeploymentStatus.DELETED
+    if inp.desired_state is DesiredState.STOPPED:
+        return DeploymentStatus.STOPPED
+    if inp.errored_reason is not None and r.ready == 0:
+        return DeploymentStatus.ERRORED
+    if r.ready > 0:
+        # Replicas of an older config generation still serve: a rolling replacement is on.
+        return DeploymentStatus.UPDATING if r.ready > r.ready_current else DeploymentStatus.READY
+    if r.starting > 0:
+        return DeploymentStatus.INITIALIZING
+    if inp.desired_replicas == 0:
+        return DeploymentStatus.STANDBY
+    # Wanted replicas but none launched: either nothing started yet or no capacity.
+    return DeploymentStatus.PENDING if not r.ever_started else DeploymentStatus.INITIALIZING

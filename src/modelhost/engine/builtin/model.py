@@ -1,0 +1,271 @@
+"""The builtin engine's forward pass: a Llama-family decoder over HF weights.
+
+One call computes one engine step for a ragged batch: rows are tokens of many sequences (decode
+tokens and prefill chunks side by side, see `StepInput`), so every linear layer runs once per
+step over all rows. Attention is the only per-sequence part: decode rows read their slot of the
+KV cache in one batched SDPA call; each prefill chunk attends over its own slot.
+
+Greedy output must not depend on the batch, so every kernel here must give a row the same bits
+whatever else is in the batch. Measured on this stack: bf16 oneDNN linears are row-invariant, fp32
+MKL ones are not; SDPA with a boolean mask is invariant when the key length is padded to a
+multiple of 32 (KEY_BLOCK). That is why bf16 is the default dtype on CPU and why key lengths are
+rounded up. Weights are read from safetensors once; linears are pre-packed for oneDNN on CPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from modelhost.engine.builtin.kv_cache import SlotKVCache, round_up
+from modelhost.engine.builtin.spec import ModelSpec
+
+KEY_BLOCK = 32  # attention key lengths are padded to a multiple of this (batch invariance)
+_PACK_HINT = 16  # oneDNN blocks packed weights for this many rows; fastest from 1 to 64 rows
+
+
+class WeightsMissing(Exception):
+    """A tensor the architecture needs is absent from the checkpoint."""
+
+
+class Linear:
+    """y = x W^T (+ b). On CPU in bf16 the weight is pre-packed for oneDNN once, which skips
+    the per-call reorder and is what makes bf16 both fast and batch-invariant here."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, packed: bool) -> None:
+        self.bias = bias
+        self.out_features = weight.shape[0]
+        self.packed = packed
+        self.weight = (
+            torch.ops.mkldnn._reorder_linear_weight(weight, _PACK_HINT) if packed else weight
+        )
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed:
+            out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(
+                x, self.weight, self.bias, "none", [], ""
+            )
+            return out
+        return F.linear(x, self.weight, self.bias)
+
+
+@dataclass
+class Layer:
+    input_norm: torch.Tensor
+    qkv: Linear
+    o_proj: Linear
+    post_norm: torch.Tensor
+    gate_up: Linear
+    down: Linear
+
+
+@dataclass(frozen=True)
+class PrefillSpan:
+    """A chunk of one sequence's prompt: rows [row, row+length) of the step, positions
+    [start, start+length) of slot `slot`."""
+
+    row: int
+    length: int
+    slot: int
+    start: int
+
+
+@dataclass(frozen=True)
+class StepInput:
+    """One engine step, flattened. Rows are tokens; decode rows come first, then prefill spans.
+
+    `adapter_rows` is the per-row LoRA adapter index (-1 = base model). It is carried already so
+    the multi-LoRA work can apply each row's delta with a gather/segmented matmul without
+    changing the batch layout; the base forward ignores it.
+    """
+
+    tokens: torch.Tensor  # [T] int64
+    positions: torch.Tensor  # [T] int64
+    slots: torch.Tensor  # [T] int64, the KV-cache slot of each row
+    adapter_rows: torch.Tensor  # [T] int64
+    decode_rows: int  # rows [0, decode_rows) are single decode tokens
+    active_slots: int  # slots 0..active_slots-1 are in use
+    slot_lengths: torch.Tensor  # [active_slots] int64, tokens in each slot after this step
+    prefill: tuple[PrefillSpan, ...]
+    sample_rows: torch.Tensor  # [S] int64, rows whose next-token logits are wanted
+
+
+def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    # Same op order as HF's LlamaRMSNorm so results match it bit for bit in the same dtype.
+    h = x.to(torch.float32)
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(x.dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class CausalLM:
+    def __init__(
+        self, spec: ModelSpec, tensors: dict[str, torch.Tensor], dtype: torch.dtype, device: str
+    ) -> None:
+        self.spec = spec
+        self.dtype = dtype
+        self.device = torch.device(device)
+        packed = (
+            self.device.type == "cpu"
+            and dtype == torch.bfloat16
+            and torch.backends.mkldnn.is_available()
+        )
+
+        def get(name: str) -> torch.Tensor:
+            if name not in tensors:
+                raise WeightsMissing(f"the checkpoint has no tensor {name}")
+            return tensors[name].to(device=self.device, dtype=dtype).contiguous()
+
+        def opt(name: str) -> torch.Tensor | None:
+            return get(name) if name in tensors else None
+
+        self.embed = get("model.embed_tokens.weight")
+        self.norm = get("model.norm.weight")
+        head = self.embed if spec.tie_word_embeddings else opt("lm_head.weight")
+        self.lm_head = Linear(self.embed if head is None else head, None, packed)
+        self.layers: list[Layer] = []
+        for i in range(spec.num_layers):
+            p = f"model.layers.{i}."
+            a = p + "self_attn."
+            qkv_w = torch.cat([get(a + n + "_proj.weight") for n in "qkv"])
+            qkv_b = torch.cat([get(a + n + "_proj.bias") for n in "qkv"]) if spec.qkv_bias else None
+            gate_up = torch.cat([get(p + "mlp.gate_proj.weight"), get(p + "mlp.up_proj.weight")])
+            self.layers.append(
+                Layer(
+                    input_norm=get(p + "input_layernorm.weight"),
+                    qkv=Linear(qkv_w, qkv_b, packed),
+                    o_proj=Linear(get(a + "o_proj.weight"), opt(a + "o_proj.bias"), packed),
+                    post_norm=get(p + "post_attention_layernorm.weight"),
+                    gate_up=Linear(gate_up, None, packed),
+                    down=Linear(get(p + "mlp.down_proj.weight"), None, packed),
+                )
+            )
+        positions = torch.arange(spec.max_positions, dtype=torch.float32)
+        freqs = positions[:, None] * spec.inv_freq[None, :]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        self.cos = (emb.cos() * spec.rope_scaling).to(device=self.device, dtype=dtype)
+        self.sin = (emb.sin() * spec.rope_scaling).to(device=self.device, dtype=dtype)
+
+    @torch.inference_mode()
+    def forward(self, step: StepInput, cache: SlotKVCache) -> torch.Tensor:
+        """Run one step, writing the new keys/values into `cache`; returns float32 logits
+        [len(sample_rows), vocab]."""
+        spec = self.spec
+        nh, nkv, hd = spec.num_heads, spec.num_kv_heads, spec.head_dim
+        t = step.tokens.shape[0]
+        x = F.embedding(step.tokens, self.embed)
+        cos = self.cos[step.positions].unsqueeze(1)
+        sin = self.sin[step.positions].unsqueeze(1)
+        decode_mask, key_len = self._decode_mask(step)
+        prefill_masks = [self._prefill_mask(span) for span in step.prefill]
+        for layer, keys, values in zip(self.layers, cache.keys, cache.values, strict=True):
+            h = _rms_norm(x, layer.input_norm, spec.rms_norm_eps)
+            qkv = layer.qkv(h)
+            q = qkv[:, : nh * hd].view(t, nh, hd)
+            k = qkv[:, nh * hd : (nh + nkv) * hd].view(t, nkv, hd)
+            v = qkv[:, (nh + nkv) * hd :].view(t, nkv, hd)
+            q = q * cos + _rotate_half(q) * sin
+            k = k * cos + _rotate_half(k) * sin
+            keys[step.slots, :, step.positions] = k
+            values[step.slots, :, step.positions] = v
+            attn = torch.empty((t, nh * hd), dtype=x.dtype, device=x.device)
+            if step.decode_rows:
+                attn[: step.decode_rows] = self._decode_attention(
+                    q[: step.decode_rows], step, keys, values, decode_mask, key_len
+                )
+            for span, mask in zip(step.prefill, prefill_masks, strict=True):
+                rows = slice(span.row, span.row + span.length)
+                attn[rows] = self._prefill_attention(q[rows], span, keys, values, mask)
+            x = x + layer.o_proj(attn)
+            h = _rms_norm(x, layer.post_norm, spec.rms_norm_eps)
+            gate, up = layer.gate_up(h).chunk(2, dim=-1)
+            x = x + layer.down(F.silu(gate) * up)
+        last = _rms_norm(x[step.sample_rows], self.norm, spec.rms_norm_eps)
+        return self.lm_head(last).float()
+
+    def _decode_mask(self, step: StepInput) -> tuple[torch.Tensor | None, int]:
+        if not step.decode_rows:
+            return None, 0
+        key_len = round_up(int(step.slot_lengths.max()), KEY_BLOCK)
+        span = torch.arange(key_len, device=self.device)
+        # Slots busy with prefill get a dummy query below; letting them see position 0 keeps
+        # their (discarded) softmax finite.
+        lengths = step.slot_lengths.clamp(min=1)
+        return (span[None, :] < lengths[:, None])[:, None, None, :], key_len
+
+    def _decode_attention(
+        self,
+        q: torch.Tensor,
+        step: StepInput,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        mask: torch.Tensor | None,
+        key_len: int,
+    ) -> torch.Tensor:
+        n, nh, hd = step.active_slots, self.spec.num_heads, self.spec.head_dim
+        decode_slots = step.slots[: step.decode_rows]
+        if step.decode_rows == n:
+            # Common steady state: every slot decodes, rows are in slot order.
+            query = q.view(n, nh, 1, hd)
+        else:
+            query = torch.zeros((n, nh, 1, hd), dtype=q.dtype, device=q.device)
+            query[decode_slots] = q.unsqueeze(2)
+        out = F.scaled_dot_product_attention(
+            query,
+            keys[:n, :, :key_len],
+            values[:n, :, :key_len],
+            attn_mask=mask,
+            enable_gqa=True,
+        )
+        if step.decode_rows != n:
+            out = out[decode_slots]
+        return out.reshape(step.decode_rows, nh * hd)
+
+    def _prefill_mask(self, span: PrefillSpan) -> torch.Tensor:
+        key_len = round_up(span.start + span.length, KEY_BLOCK)
+        rows = torch.arange(span.start, span.start + span.length, device=self.device)
+        return torch.arange(key_len, device=self.device)[None, :] <= rows[:, None]
+
+    def _prefill_attention(
+        self,
+        q: torch.Tensor,
+        span: PrefillSpan,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> torch.Tensor:
+        key_len = mask.shape[1]
+        s = span.slot
+        out = F.scaled_dot_product_attention(
+            q.transpose(0, 1).unsqueeze(0),
+            keys[s : s + 1, :, :key_len],
+            values[s : s + 1, :, :key_len],
+            attn_mask=mask,
+            enable_gqa=True,
+        )
+        return out[0].transpose(0, 1).reshape(span.length, -1)
+
+
+def read_safetensors(folder: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    from safetensors import safe_open
+
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise WeightsMissing(f"no .safetensors files in {folder}")
+    for path in files:
+        with safe_open(str(path), framework="pt") as handle:
+            for name in handle.keys():  # noqa: SIM118 - safe_open is not a dict
+                yield name, handle.get_tensor(name)
+
+
+def load_model(folder: Path, spec: ModelSpec, dtype: torch.dtype, device: str) -> CausalLM:
+    tensors = dict(read_safetensors(folder))
+    return CausalLM(spec, tensors, dtype, device)

@@ -1,0 +1,115 @@
+"""Prometheus metrics of one engine process, with LoRAX's metric names.
+
+Each app gets its own CollectorRegistry, so several apps in one test process never collide.
+Per-request values are recorded once, when a request ends, never per token. Gauges that
+describe the generator (running, waiting) are read from `Generator.stats()` at scrape time, so
+they cannot drift from the truth. prometheus_client adds the standard `_total` suffix to
+counters (`lorax_request_count_total`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from modelhost.engine.protocol import EngineStats
+
+_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+_PER_TOKEN_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
+_TOKENS = (1, 4, 16, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
+
+
+class _GeneratorGauges:
+    """Reads the generator's live state when Prometheus scrapes."""
+
+    def __init__(self, stats: Callable[[], EngineStats], in_flight: Callable[[], int]) -> None:
+        self._stats = stats
+        self._in_flight = in_flight
+
+    def collect(self) -> Iterable[Metric]:
+        s = self._stats()
+        yield GaugeMetricFamily(
+            "modelhost_engine_running", "Sequences in the running batch.", value=s.running
+        )
+        yield GaugeMetricFamily(
+            "modelhost_engine_waiting", "Sequences queued for a batch slot.", value=s.waiting
+        )
+        yield GaugeMetricFamily(
+            "modelhost_engine_max_batch_size", "Most sequences run at once.", value=s.max_batch_size
+        )
+        yield GaugeMetricFamily(
+            "modelhost_engine_in_flight",
+            "Generation requests the HTTP server has admitted and not yet answered.",
+            value=self._in_flight(),
+        )
+        yield GaugeMetricFamily("lorax_batch_current_size", "Current batch size.", value=s.running)
+        yield GaugeMetricFamily("lorax_queue_length", "Requests waiting in queue.", value=s.waiting)
+
+
+class EngineMetrics:
+    def __init__(self, stats: Callable[[], EngineStats], in_flight: Callable[[], int]) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        r = self.registry
+        self.request_count = Counter("lorax_request_count", "Requests received.", registry=r)
+        self.request_success = Counter(
+            "lorax_request_success", "Requests that completed.", registry=r
+        )
+        self.request_failure = Counter(
+            "lorax_request_failure", "Requests that failed, by error kind.", ["err"], registry=r
+        )
+        self.request_duration = Histogram(
+            "lorax_request_duration", "End-to-end seconds.", buckets=_SECONDS, registry=r
+        )
+        # The HTTP layer cannot see inside the generator's queue, so "queue" here is the time
+        # until the first token: waiting for a batch slot plus prefill (documented).
+        self.request_queue_duration = Histogram(
+            "lorax_request_queue_duration",
+            "Seconds from admission to the first token (queue + prefill).",
+            buckets=_SECONDS,
+            registry=r,
+        )
+        self.request_inference_duration = Histogram(
+            "lorax_request_inference_duration",
+            "Seconds from the first token to the last.",
+            buckets=_SECONDS,
+            registry=r,
+        )
+        self.request_mean_time_per_token = Histogram(
+            "lorax_request_mean_time_per_token_duration",
+            "Mean seconds per generated token after the first.",
+            buckets=_PER_TOKEN_SECONDS,
+            registry=r,
+        )
+        self.request_generated_tokens = Histogram(
+            "lorax_request_generated_tokens", "Generated tokens.", buckets=_TOKENS, registry=r
+        )
+        self.request_input_length = Histogram(
+            "lorax_request_input_length", "Prompt tokens.", buckets=_TOKENS, registry=r
+        )
+        r.register(_GeneratorGauges(stats, in_flight))
+
+    def observe_success(
+        self,
+        *,
+        total_s: float,
+        first_token_s: float,
+        prompt_tokens: int,
+        generated_tokens: int,
+    ) -> None:
+        self.request_success.inc()
+        self.request_duration.observe(total_s)
+        self.request_queue_duration.observe(first_token_s)
+        inference_s = max(total_s - first_token_s, 0.0)
+        self.request_inference_duration.observe(inference_s)
+        if generated_tokens > 1:
+            self.request_mean_time_per_token.observe(inference_s / (generated_tokens - 1))
+        self.request_generated_tokens.observe(generated_tokens)
+        self.request_input_length.observe(prompt_tokens)
+
+    def observe_failure(self, err: str) -> None:
+        self.request_failure.labels(err=err).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,152 @@
+"""The gateway's state: one admission pool per deployment, the upstream HTTP client, metrics."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import httpx
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from modelhost.config import Settings
+from modelhost.domain.routing import ReplicaEndpoint
+from modelhost.gateway.pool import DeploymentPool, PoolLimits
+from modelhost.gateway.proxy import ForwardResult
+
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
+
+
+@dataclass(frozen=True)
+class GatewaySignals:
+    in_flight: int
+    queued: int
+    held: int
+    last_request_at: float | None  # monotonic seconds
+
+
+class Gateway:
+    def __init__(
+        self,
+        settings: Settings,
+        on_demand: Callable[[str], None],
+        registry: CollectorRegistry,
+    ) -> None:
+        self.settings = settings
+        self._on_demand = on_demand
+        self._pools: dict[str, DeploymentPool] = {}
+        self._snapshot_version = 0
+        self.client = httpx.AsyncClient(
+            timeout=httpx.Timeout(settings.request_timeout_s, connect=5.0, pool=None),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
+        )
+        self.requests = Counter(
+            "modelhost_requests",
+            "Inference requests by deployment and HTTP status",
+            ["deployment", "status"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "modelhost_request_seconds",
+            "Time to the first byte of the answer (the whole answer when not streaming)",
+            ["deployment"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.queue_wait = Histogram(
+            "modelhost_queue_wait_seconds",
+            "Time requests waited in the gateway for a replica slot",
+            ["deployment"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.cold_first_token = Histogram(
+            "modelhost_cold_start_first_token_seconds",
+            "First-byte latency of requests that arrived while no replica was ready",
+            ["deployment"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        registry.register(_PoolCollector(self))
+
+    def limits(self) -> PoolLimits:
+        s = self.settings
+        return PoolLimits(
+            queue_factor=s.queue_factor,
+            queue_min=s.queue_min,
+            queue_timeout_s=s.request_timeout_s,
+            cold_start_timeout_s=s.cold_start_timeout_s,
+        )
+
+    def pool(self, deploy_id: str) -> DeploymentPool:
+        pool = self._pools.get(deploy_id)
+        if pool is None:
+            pool = DeploymentPool(deploy_id, self.limits(), self._on_demand)
+            self._pools[deploy_id] = pool
+        return pool
+
+    def pools(self) -> Iterable[DeploymentPool]:
+        return self._pools.values()
+
+    def publish(self, table: Mapping[str, Sequence[ReplicaEndpoint]]) -> None:
+        """Install a new routing snapshot (from the reconciler). Deployments missing from it
+        have no routable replica; the gateway keeps serving the last snapshot if the control
+        loops stall."""
+        self._snapshot_version += 1
+        for deploy_id in set(self._pools) | set(table):
+            self.pool(deploy_id).update(table.get(deploy_id, ()))
+
+    def signals(self, deploy_id: str) -> GatewaySignals:
+        pool = self._pools.get(deploy_id)
+        if pool is None:
+            return GatewaySignals(0, 0, 0, None)
+        return GatewaySignals(pool.in_flight, pool.queued, pool.held, pool.last_request_at)
+
+    def outstanding_on(self, deploy_id: str, replica_id: str) -> int:
+        pool = self._pools.get(deploy_id)
+        return pool.outstanding_on(replica_id) if pool else 0
+
+    def record(self, deploy_id: str, result: ForwardResult) -> None:
+        self.requests.labels(deploy_id, str(result.status)).inc()
+        if result.first_byte_s is not None:
+            self.latency.labels(deploy_id).observe(result.first_byte_s)
+            if result.cold:
+                self.cold_first_token.labels(deploy_id).observe(result.first_byte_s)
+        self.queue_wait.labels(deploy_id).observe(result.queued_s)
+
+    def record_rejected(self, deploy_id: str, status: int) -> None:
+        self.requests.labels(deploy_id, str(status)).inc()
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+class _PoolCollector(Collector):
+    """Live queue gauges, read at scrape time rather than updated on every request."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self._gw = gateway
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        in_flight = GaugeMetricFamily(
+            "modelhost_in_flight", "Requests running on replicas", labels=["deployment"]
+        )
+        queued = GaugeMetricFamily(
+            "modelhost_queued", "Requests waiting for a replica slot", labels=["deployment"]
+        )
+        held = GaugeMetricFamily(
+            "modelhost_held_cold", "Requests held for a cold start", labels=["deployment"]
+        )
+        idle = GaugeMetricFamily(
+            "modelhost_idle_seconds", "Seconds since the last request", labels=["deployment"]
+        )
+        now = time.monotonic()
+        for pool in self._gw.pools():
+            in_flight.add_metric([pool.deploy_id], pool.in_flight)
+            queued.add_metric([pool.deploy_id], pool.queued)
+            held.add_metric([pool.deploy_id], pool.held)
+            if pool.last_request_at is not None:
+                idle.add_metric([pool.deploy_id], now - pool.last_request_at)
+        return [in_flight, queued, held, idle]

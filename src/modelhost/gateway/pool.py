@@ -1,0 +1,205 @@
+"""Admission and replica choice for one deployment.
+
+Each ready replica takes at most its `max_batch_size` requests at once (the engine's batch);
+beyond that requests wait here, in arrival order, in a bounded queue. With no ready replica at
+all (standby, or the first replica still starting) requests are *held* the same way and the
+pool asks for a replica (the activator path); they go to the first replica that becomes ready.
+Routing is least-outstanding-requests among replicas with room.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from modelhost.domain.routing import ReplicaEndpoint
+from modelhost.errors import QueueFull, Unavailable
+
+
+@dataclass
+class _Slot:
+    endpoint: ReplicaEndpoint
+    outstanding: int = 0
+    routable: bool = True
+
+
+@dataclass
+class Lease:
+    """A request's hold on one replica; release it exactly once."""
+
+    endpoint: ReplicaEndpoint
+    slot: _Slot
+    queued_s: float
+    cold: bool
+    released: bool = False
+
+
+@dataclass
+class _Waiter:
+    future: asyncio.Future[Lease]
+    enqueued_at: float
+    cold: bool
+
+
+@dataclass
+class PoolLimits:
+    queue_factor: float
+    queue_min: int
+    queue_timeout_s: float
+    cold_start_timeout_s: float
+
+
+@dataclass
+class DeploymentPool:
+    deploy_id: str
+    limits: PoolLimits
+    on_demand: Callable[[str], None]
+    clock: Callable[[], float] = time.monotonic
+    _slots: dict[str, _Slot] = field(default_factory=dict)
+    _waiters: deque[_Waiter] = field(default_factory=deque)
+    last_request_at: float | None = None
+    last_request_wall: float | None = None
+
+    # ---- signals for the autoscaler -------------------------------------------------------
+    @property
+    def in_flight(self) -> int:
+        return sum(s.outstanding for s in self._slots.values())
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiters) if self._ready_slots() else 0
+
+    @property
+    def held(self) -> int:
+        return 0 if self._ready_slots() else len(self._waiters)
+
+    def outstanding_on(self, replica_id: str) -> int:
+        slot = self._slots.get(replica_id)
+        return slot.outstanding if slot else 0
+
+    def any_endpoint(self) -> ReplicaEndpoint | None:
+        ready = self._ready_slots()
+        return ready[0].endpoint if ready else None
+
+    # ---- snapshot updates -----------------------------------------------------------------
+    def update(self, endpoints: Sequence[ReplicaEndpoint]) -> None:
+        """Replace the set of routable replicas; leases on removed ones stay valid."""
+        fresh: dict[str, _Slot] = {}
+        for ep in endpoints:
+            slot = self._slots.get(ep.replica_id)
+            if slot is None:
+                slot = _Slot(ep)
+            else:
+                slot.endpoint = ep
+            slot.routable = True
+            fresh[ep.replica_id] = slot
+        for rid, slot in self._slots.items():
+            if rid not in fresh:
+                slot.routable = False
+                if slot.outstanding:
+                    fresh[rid] = slot  # keep counting its in-flight work until it drains
+        self._slots = fresh
+        self._dispatch()
+
+    def mark_unroutable(self, replica_id: str) -> None:
+        """The replica refused a connection: stop sending it work until the next snapshot."""
+        slot = self._slots.get(replica_id)
+        if slot is not None:
+            slot.routable = False
+
+    # ---- admission ------------------------------------------------------------------------
+    def _ready_slots(self) -> list[_Slot]:
+        return [s for s in self._slots.values() if s.routable]
+
+    def _capacity(self) -> int:
+        return sum(s.endpoint.max_batch_size for s in self._ready_slots())
+
+    def queue_limit(self) -> int:
+        return max(self.limits.queue_min, int(self.limits.queue_factor * self._capacity()))
+
+    def _pick(self) -> _Slot | None:
+        best: _Slot | None = None
+        for slot in self._ready_slots():
+            if slot.outstanding >= slot.endpoint.max_batch_size:
+                continue
+            if best is None or slot.outstanding < best.outstanding:
+                best = slot
+        return best
+
+    def _lease(self, slot: _Slot, queued_s: float, cold: bool) -> Lease:
+        slot.outstanding += 1
+        return Lease(slot.endpoint, slot, queued_s, cold)
+
+    async def acquire(self) -> Lease:
+        now = self.clock()
+        self.last_request_at = now
+        self.last_request_wall = time.time()
+        if not self._waiters:
+            slot = self._pick()
+            if slot is not None:
+                return self._lease(slot, 0.0, cold=False)
+        if len(self._waiters) >= self.queue_limit():
+            raise QueueFull(
+                f"deployment {self.deploy_id} is at capacity: {self.in_flight} requests running "
+                f"and {len(self._waiters)} queued",
+                retry_after=1,
+            )
+        cold = not self._ready_slots()
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(loop.create_future(), now, cold)
+        self._waiters.append(waiter)
+        if cold:
+            self.on_demand(self.deploy_id)
+        timeout = self.limits.cold_start_timeout_s if cold else self.limits.queue_timeout_s
+        try:
+            return await asyncio.wait_for(asyncio.shield(waiter.future), timeout)
+        except BaseException as exc:
+            # Timed out, or the client went away: withdraw. A grant that raced us goes back.
+            if waiter.future.done() and not waiter.future.cancelled():
+                self.release(waiter.future.result())
+            else:
+                waiter.future.cancel()
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
+            if isinstance(exc, TimeoutError):
+                raise self._timeout_error(cold, timeout) from None
+            raise
+
+    def _timeout_error(self, cold: bool, timeout: float) -> Unavailable:
+        if cold:
+            return Unavailable(
+                f"deployment {self.deploy_id} has no ready replica yet: a replica is starting "
+                f"but was not ready within {timeout:.0f}s; retry shortly",
+                code="cold_start_timeout",
+                retry_after=10,
+            )
+        return Unavailable(
+            f"deployment {self.deploy_id}: the request waited {timeout:.0f}s in the queue",
+            code="queue_timeout",
+            retry_after=5,
+        )
+
+    def release(self, lease: Lease) -> None:
+        if lease.released:
+            return
+        lease.released = True
+        lease.slot.outstanding -= 1
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Hand free replica capacity to waiting requests, oldest first."""
+        while self._waiters:
+            waiter = self._waiters[0]
+            if waiter.future.done():
+                self._waiters.popleft()
+                continue
+            slot = self._pick()
+            if slot is None:
+                return
+            self._waiters.popleft()
+            lease = self._lease(slot, self.clock() - waiter.enqueued_at, waiter.cold)
+            waiter.future.set_result(lease)

@@ -1,0 +1,241 @@
+"""Inference routes: OpenAI-compatible (`/v1/openai/...` and `/v1/...`) and LoRAX-compatible
+per-deployment routes (`/deployments/<username>/<model_name>/...`)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from modelhost.api.deps import bearer_token, resolve_principal
+from modelhost.api.errors import error_response
+from modelhost.domain.status import DeploymentStatus, DesiredState
+from modelhost.errors import InvalidRequest, ModelhostError, PayloadTooLarge, Unavailable
+from modelhost.gateway.core import Gateway
+from modelhost.gateway.proxy import ClientGone, Style, forward
+from modelhost.gateway.resolve import Target, resolve_model, resolve_path
+from modelhost.services import Services
+from modelhost.store import deployments as store
+from modelhost.store.tables import Deployment
+from modelhost.store.users import Principal
+
+router = APIRouter()
+
+
+def _services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+def _gateway(request: Request) -> Gateway:
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
+def lorax_error(exc: ModelhostError) -> JSONResponse:
+    response = error_response(exc)
+    return JSONResponse(
+        {"error": exc.message, "error_type": exc.code or exc.error_type},
+        status_code=exc.status_code,
+        headers={k: v for k, v in response.headers.items() if k.lower() == "retry-after"},
+    )
+
+
+async def _body(request: Request, limit: int) -> dict[str, Any]:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body over {limit} bytes")
+    raw = await request.body()
+    if len(raw) > limit:
+        raise PayloadTooLarge(f"request body over {limit} bytes")
+    try:
+        body = json.loads(raw or b"null")
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequest("the request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    return body
+
+
+async def _principal(request: Request) -> Principal:
+    services = _services(request)
+    token = bearer_token(request)
+    return await asyncio.to_thread(resolve_principal, services, token)
+
+
+def _check_servable(target: Target) -> None:
+    if target.desired_state == DesiredState.STOPPED.value:
+        raise Unavailable(
+            f"deployment {target.full_name} is stopped; start it with "
+            f"POST /deploy/{target.deploy_id}/start",
+            code="deployment_stopped",
+        )
+    if target.status == DeploymentStatus.ERRORED.value:
+        raise Unavailable(
+            f"deployment {target.full_name} failed to start: {target.fail_reason}",
+            code="deployment_errored",
+        )
+
+
+async def _proxy(
+    request: Request, target: Target, path: str, body: dict[str, Any], style: Style
+) -> Response:
+    _check_servable(target)
+    gateway = _gateway(request)
+    stream = bool(body.get("stream", False)) or path.endswith("generate_stream")
+    return await forward(
+        request,
+        gateway.client,
+        gateway.pool(target.deploy_id),
+        path,
+        json.dumps(body).encode(),
+        stream,
+        style,
+        gateway.settings.request_timeout_s,
+        lambda result: gateway.record(target.deploy_id, result),
+    )
+
+
+async def _openai(request: Request, path: str) -> Response:
+    deploy_id = None
+    try:
+        who = await _principal(request)
+        body = await _body(request, _services(request).settings.max_body_bytes)
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise InvalidRequest("`model` is required: <username>/<model_name>", param="model")
+        target = await asyncio.to_thread(_resolve, request, who, model)
+        deploy_id = target.deploy_id
+        # Engines know the deployment by its full name.
+        body["model"] = target.full_name
+        return await _proxy(request, target, path, body, "openai")
+    except ClientGone:
+        return Response(status_code=499)
+    except ModelhostError as exc:
+        if deploy_id:
+            _gateway(request).record_rejected(deploy_id, exc.status_code)
+        return error_response(exc)
+
+
+def _resolve(request: Request, who: Principal, model: str) -> Target:
+    with _services(request).db.session() as s:
+        return resolve_model(s, who, model)
+
+
+@router.post("/v1/openai/chat/completions")
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    return await _openai(request, "/v1/chat/completions")
+
+
+@router.post("/v1/openai/completions")
+@router.post("/v1/completions")
+async def completions(request: Request) -> Response:
+    return await _openai(request, "/v1/completions")
+
+
+@router.get("/v1/openai/models")
+@router.get("/v1/models")
+async def models(request: Request) -> Response:
+    try:
+        who = await _principal(request)
+    except ModelhostError as exc:
+        return error_response(exc)
+    data = await asyncio.to_thread(_visible_models, _services(request), who)
+    return JSONResponse({"object": "list", "data": data})
+
+
+def _visible_models(services: Services, who: Principal) -> list[dict[str, Any]]:
+    from sqlalchemy import or_, select
+
+    with services.db.session() as s:
+        q = select(Deployment).where(
+            Deployment.deleted_at.is_(None),
+            or_(Deployment.owner_id == who.user_id, Deployment.public.is_(True)),
+        )
+        out = []
+        for dep in s.scalars(q):
+            owner = store.owner_name(s, dep)
+            out.append(
+                {
+                    "id": f"{owner}/{dep.model_name}",
+                    "object": "model",
+                    "created": int(dep.created_at.timestamp()),
+                    "owned_by": owner,
+                    "metadata": {"deploy_id": dep.id, "status": dep.status},
+                }
+            )
+        return out
+
+
+# ---- LoRAX-compatible per-deployment routes ----------------------------------------------
+
+
+async def _lorax(request: Request, username: str, model_name: str, path: str) -> Response:
+    openai_style = path.startswith("/v1/")
+    try:
+        who = await _principal(request)
+        body = await _body(request, _services(request).settings.max_body_bytes)
+
+        def lookup() -> Target:
+            with _services(request).db.session() as s:
+                return resolve_path(s, who, username, model_name)
+
+        target = await asyncio.to_thread(lookup)
+        if openai_style:
+            # `model` names an adapter of this deployment, or is empty for the base model.
+            model = body.get("model") or ""
+            body["model"] = target.full_name if model in ("", target.full_name) else model
+        return await _proxy(request, target, path, body, "openai" if openai_style else "lorax")
+    except ClientGone:
+        return Response(status_code=499)
+    except ModelhostError as exc:
+        return error_response(exc) if openai_style else lorax_error(exc)
+
+
+@router.post("/deployments/{username}/{model_name}/generate")
+async def lorax_generate(request: Request, username: str, model_name: str) -> Response:
+    return await _lorax(request, username, model_name, "/generate")
+
+
+@router.post("/deployments/{username}/{model_name}/generate_stream")
+async def lorax_generate_stream(request: Request, username: str, model_name: str) -> Response:
+    return await _lorax(request, username, model_name, "/generate_stream")
+
+
+@router.post("/deployments/{username}/{model_name}/v1/chat/completions")
+async def lorax_chat(request: Request, username: str, model_name: str) -> Response:
+    return await _lorax(request, username, model_name, "/v1/chat/completions")
+
+
+@router.post("/deployments/{username}/{model_name}/v1/completions")
+async def lorax_completions(request: Request, username: str, model_name: str) -> Response:
+    return await _lorax(request, username, model_name, "/v1/completions")
+
+
+@router.get("/deployments/{username}/{model_name}/info")
+async def lorax_info(request: Request, username: str, model_name: str) -> Response:
+    try:
+        who = await _principal(request)
+
+        def lookup() -> Target:
+            with _services(request).db.session() as s:
+                return resolve_path(s, who, username, model_name)
+
+        target = await asyncio.to_thread(lookup)
+    except ModelhostError as exc:
+        return lorax_error(exc)
+    pool = _gateway(request).pool(target.deploy_id)
+    endpoint = pool.any_endpoint()
+    info: dict[str, Any] = {"model_id": target.full_name, "status": target.status}
+    if endpoint is not None:
+        try:
+            upstream = await _gateway(request).client.get(endpoint.url + "/info", timeout=5)
+            if upstream.status_code == 200:
+                info = {**upstream.json(), "model_id": target.full_name}
+        except Exception:
+            pass
+    return JSONResponse(info)

@@ -1,0 +1,1 @@
+"""Orchestrator: the pure planner, the device inventory and the replica backends."""

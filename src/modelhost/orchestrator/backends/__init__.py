@@ -1,0 +1,1 @@
+"""Replica backends: where and how engine processes run (local subprocesses for now)."""

@@ -1,0 +1,153 @@
+"""Operating-system facts about local replica processes, for the local backend.
+
+Identifying a process beyond its pid (start time from /proc), signalling its process group,
+finding a free loopback port, building the child's environment, and turning a replica's log tail
+and exit status into a reason a user can act on.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+
+from modelhost.engine.args import FATAL_PREFIX
+
+# Lines the backend itself writes into replica logs start with this, so the fail-reason parser
+# can tell them from the engine's own output.
+BACKEND_LINE_PREFIX = "[modelhost] "
+
+# Server settings that must not reach engine processes: credentials of the control plane, and
+# the server's own hub token (a replica gets only its deployment's token, via secret_env).
+_KEEP_MODELHOST_ENV = frozenset({"MODELHOST_CACHE_DIR"})
+_DROP_ENV = frozenset({"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"})
+
+_TAIL_BYTES = 16 * 1024
+_MAX_REASON_LINE = 300
+
+
+def proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state letter, start time in clock ticks since boot) from /proc/<pid>/stat, or None."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except (OSError, ValueError):
+        return None
+    # The command name is in parentheses and may itself contain spaces or parentheses.
+    fields = raw[raw.rfind(")") + 2 :].split()
+    try:
+        return fields[0], int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def proc_start_ticks(pid: int) -> int | None:
+    stat = proc_stat(pid)
+    return stat[1] if stat else None
+
+
+def is_same_process(pid: int, start_ticks: int) -> bool:
+    """The pid runs (not a zombie) and is the very process that started at `start_ticks`."""
+    stat = proc_stat(pid)
+    return stat is not None and stat[0] not in ("Z", "X") and stat[1] == start_ticks
+
+
+def signal_group(pgid: int, sig: signal.Signals) -> bool:
+    """Signal a replica's whole process group; False when nothing is left to signal."""
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def reap(pid: int) -> tuple[bool, int | None]:
+    """(exited, exit code) for a pid that may or may not be our child. A process started by a
+    previous backend in this same server process is our child and must be reaped here, or it
+    stays a zombie."""
+    try:
+        done, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return False, None
+    if done == 0:
+        return False, None
+    return True, os.waitstatus_to_exitcode(status)
+
+
+def free_port(avoid: set[int]) -> int:
+    """A loopback port nothing listens on now. The engine binds it a moment later; a port
+    taken in between makes that start fail with a clear log line, and the planner retries."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in avoid:
+            return port
+    raise OSError("no free port on 127.0.0.1")
+
+
+def child_env(server_env: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in server_env.items()
+        if k not in _DROP_ENV and (not k.startswith("MODELHOST_") or k in _KEEP_MODELHOST_ENV)
+    }
+    env.update(extra)
+    return env
+
+
+def read_tail(path: str | Path, max_bytes: int = _TAIL_BYTES) -> list[str]:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            data = f.read()
+    except OSError:
+        return []
+    lines = data.decode("utf-8", errors="replace").splitlines()
+    if size > max_bytes and lines:
+        lines = lines[1:]  # the first line is probably cut
+    return lines
+
+
+def fatal_line(lines: list[str]) -> str | None:
+    """The message of the last fatal line the engine printed, if any."""
+    for line in reversed(lines):
+        idx = line.find(FATAL_PREFIX)
+        if idx >= 0:
+            message = line[idx + len(FATAL_PREFIX) :].strip()
+            if message:
+                return message
+    return None
+
+
+def last_output_line(lines: list[str]) -> str | None:
+    for line in reversed(lines):
+        text = line.strip()
+        if text and not text.startswith(BACKEND_LINE_PREFIX):
+            return text if len(text) <= _MAX_REASON_LINE else text[:_MAX_REASON_LINE] + "..."
+    return None
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "exit status unknown"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def exit_reason(lines: list[str], code: int | None, was_ready: bool) -> str:
+    """Why a replica ended: the engine's fatal line verbatim, else what we know about it."""
+    fatal = fatal_line(lines)
+    if fatal:
+        return fatal
+    phase = "crashed" if was_ready else "exited before becoming ready"
+    reason = f"replica {phase} ({describe_exit(code)})"
+    last = last_output_line(lines)
+    return f"{reason}; last output: {last}" if last else reason

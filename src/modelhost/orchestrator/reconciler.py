@@ -1,0 +1,260 @@
+"""The reconcile loop: observe replicas, record what changed, plan, act, publish routes.
+
+Level-triggered and idempotent: every pass derives its actions from the stored desired state and
+the backend's latest observations, so a missed pass or a server restart loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from sqlalchemy.orm import Session
+
+from modelhost.domain.routing import ReplicaEndpoint
+from modelhost.domain.status import DesiredState, ReplicaCounts, StatusInputs, derive_status
+from modelhost.orchestrator.backends.base import Backend, ReplicaRecord, ReplicaStartSpec
+from modelhost.orchestrator.launch import desired_deployment
+from modelhost.orchestrator.planner import plan, track_failures
+from modelhost.orchestrator.replica_rows import record_start, sync_rows
+from modelhost.orchestrator.types import (
+    Action,
+    DrainReplica,
+    FailureHistory,
+    MarkErrored,
+    ReplicaObservation,
+    ReplicaState,
+    ReportPending,
+    RestartPolicy,
+    StartReplica,
+    StopReplica,
+)
+from modelhost.services import Services
+from modelhost.store import deployments as store
+from modelhost.store.clock import utcnow
+from modelhost.store.tables import Deployment
+
+log = logging.getLogger(__name__)
+
+DRAIN_POLL_S = 0.2
+
+
+class RoutingSink(Protocol):
+    """The gateway side, as the orchestrator sees it (the two never import each other)."""
+
+    def publish(self, table: Mapping[str, Sequence[ReplicaEndpoint]]) -> None: ...
+
+    def outstanding_on(self, deploy_id: str, replica_id: str) -> int: ...
+
+
+@dataclass
+class Reconciler:
+    services: Services
+    backend: Backend
+    routing: RoutingSink
+    policy: RestartPolicy
+    clock: Callable[[], float] = time.time
+    failures: dict[str, FailureHistory] = field(default_factory=dict)
+    _prev_states: dict[str, ReplicaState] = field(default_factory=dict)
+    _draining: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    _errored: set[str] = field(default_factory=set)
+    _generations: dict[str, int] = field(default_factory=dict)
+    last_observed: list[ReplicaObservation] = field(default_factory=list)
+
+    # ---- start-up -----------------------------------------------------------------------
+    def adopt(self) -> None:
+        """Take back the replicas a previous server process left running, or clean them up."""
+        with self.services.db.session() as s:
+            rows = store.live_replica_rows(s)
+            records = []
+            for r in rows:
+                try:
+                    records.append(
+                        ReplicaRecord(
+                            replica_id=r.id,
+                            deploy_id=r.deploy_id,
+                            generation=r.generation,
+                            pid=int(r.pid or 0),
+                            port=int(r.port or 0),
+                            log_path=r.log_path or "",
+                            devices=tuple(r.devices),
+                            proc_start_ticks=int(r.proc_start_time or 0),
+                            started_at=r.started_at.timestamp(),
+                        )
+                    )
+                except (TypeError, ValueError):
+                    r.exited_at, r.state = utcnow(), ReplicaState.STOPPED.value
+            result = self.backend.adopt(records)
+            cleaned = dict(result.cleaned)
+            for r in rows:
+                if r.id in cleaned:
+                    r.exited_at, r.state = utcnow(), ReplicaState.STOPPED.value
+                    r.fail_reason = cleaned[r.id]
+                    store.add_event(
+                        s, r.deploy_id, "replica_cleaned", f"replica {r.id}: {cleaned[r.id]}"
+                    )
+                elif r.id in result.adopted:
+                    store.add_event(
+                        s, r.deploy_id, "replica_adopted", f"replica {r.id} adopted after restart"
+                    )
+
+    # ---- one pass -----------------------------------------------------------------------
+    async def run_once(self) -> None:
+        now = self.clock()
+        observed = self.backend.observe()
+        self.failures = track_failures(self.failures, self._prev_states, observed, self.policy)
+        self._prev_states = {o.replica_id: o.state for o in observed}
+        with self.services.db.session() as s:
+            deployments = store.live_deployments(s)
+            owners = {d.id: store.owner_name(s, d) for d in deployments}
+            sync_rows(s, observed)
+            self._reset_failures(deployments)
+            desired = [
+                desired_deployment(
+                    d,
+                    owners[d.id],
+                    self.services.catalog,
+                    self.services.secrets,
+                    self.services.settings.drain_timeout_s,
+                )
+                for d in deployments
+                if d.desired_state == DesiredState.RUNNING.value and d.fail_reason is None
+            ]
+        actions = plan(desired, observed, self.services.inventory, self.failures, now, self.policy)
+        pending = await self._apply(actions)
+        observed = self.backend.observe()
+        self.last_observed = observed
+        with self.services.db.session() as s:
+            self._update_statuses(s, observed, pending)
+        self.routing.publish(self._routing_table(observed))
+        for o in observed:
+            if o.state.terminal and o.replica_id not in self._draining:
+                self.backend.forget(o.replica_id)
+
+    def _reset_failures(self, deployments: Sequence[Deployment]) -> None:
+        """A /start or a config change clears fail_reason: that is a fresh chance."""
+        for d in deployments:
+            changed = self._generations.get(d.id, d.generation) != d.generation
+            self._generations[d.id] = d.generation
+            if (d.id in self._errored and d.fail_reason is None) or changed:
+                self._errored.discard(d.id)
+                self.failures.pop(d.id, None)
+
+    async def _apply(self, actions: Sequence[Action]) -> dict[str, tuple[int, str]]:
+        pending: dict[str, tuple[int, str]] = {}
+        for a in actions:
+            if isinstance(a, StartReplica):
+                handle = self.backend.start(ReplicaStartSpec.from_action(a))
+                with self.services.db.session() as s:
+                    record_start(s, a, handle.record)
+            elif isinstance(a, DrainReplica):
+                if a.replica_id not in self._draining:
+                    self.backend.mark_draining(a.replica_id)
+                    self._draining[a.replica_id] = asyncio.create_task(
+                        self._drain(a.deploy_id, a.replica_id, a.reason)
+                    )
+            elif isinstance(a, StopReplica):
+                await asyncio.to_thread(self.backend.stop, a.replica_id)
+                with self.services.db.session() as s:
+                    store.add_event(
+                        s, a.deploy_id, "replica_stopped", f"replica {a.replica_id}: {a.reason}"
+                    )
+            elif isinstance(a, MarkErrored):
+                self._errored.add(a.deploy_id)
+                with self.services.db.session() as s:
+                    dep = s.get(Deployment, a.deploy_id)
+                    if dep is not None:
+                        dep.fail_reason = a.reason
+                        store.add_event(s, a.deploy_id, "errored", a.reason)
+            elif isinstance(a, ReportPending):
+                pending[a.deploy_id] = (a.pending, a.reason)
+        return pending
+
+    async def _drain(self, deploy_id: str, replica_id: str, reason: str) -> None:
+        """Stop routing first (the replica left the snapshot), let in-flight requests finish
+        (bounded), then signal the engine, which finishes what it still has."""
+        timeout = self.services.settings.drain_timeout_s
+        deadline = time.monotonic() + timeout
+        try:
+            with self.services.db.session() as s:
+                store.add_event(s, deploy_id, "replica_draining", f"replica {replica_id}: {reason}")
+            while time.monotonic() < deadline:
+                if self.routing.outstanding_on(deploy_id, replica_id) == 0:
+                    break
+                await asyncio.sleep(DRAIN_POLL_S)
+            remaining = max(1.0, deadline - time.monotonic())
+            await asyncio.to_thread(self.backend.drain, replica_id, remaining)
+        except Exception:
+            log.exception("draining replica %s failed", replica_id)
+        finally:
+            self._draining.pop(replica_id, None)
+
+    def _update_statuses(
+        self,
+        s: Session,
+        observed: Sequence[ReplicaObservation],
+        pending: Mapping[str, tuple[int, str]],
+    ) -> None:
+        by_dep: dict[str, list[ReplicaObservation]] = {}
+        for o in observed:
+            by_dep.setdefault(o.deploy_id, []).append(o)
+        started = store.deployments_with_replicas(s)
+        for dep in store.live_deployments(s):
+            reps = by_dep.get(dep.id, [])
+            counts = ReplicaCounts(
+                ready=sum(o.state == ReplicaState.READY for o in reps),
+                starting=sum(o.state == ReplicaState.STARTING for o in reps),
+                draining=sum(o.state == ReplicaState.DRAINING for o in reps),
+                ready_current=sum(
+                    o.state == ReplicaState.READY and o.generation == dep.generation for o in reps
+                ),
+                ever_started=dep.id in started,
+            )
+            status = derive_status(
+                StatusInputs(
+                    DesiredState(dep.desired_state),
+                    dep.desired_replicas,
+                    counts,
+                    dep.fail_reason,
+                )
+            ).value
+            n_pending, reason = pending.get(dep.id, (0, None))
+            if dep.desired_state != DesiredState.RUNNING.value:
+                n_pending, reason = 0, None
+            if status != dep.status:
+                store.add_event(s, dep.id, "status", f"{dep.status} -> {status}")
+                dep.status = status
+                dep.updated_at = utcnow()
+            if (counts.ready, n_pending, reason) != (
+                dep.instances_running,
+                dep.instances_pending,
+                dep.pending_reason,
+            ):
+                if reason and reason != dep.pending_reason:
+                    store.add_event(s, dep.id, "pending", reason)
+                dep.instances_running, dep.instances_pending = counts.ready, n_pending
+                dep.pending_reason = reason
+
+    def _routing_table(
+        self, observed: Sequence[ReplicaObservation]
+    ) -> dict[str, list[ReplicaEndpoint]]:
+        with self.services.db.session() as s:
+            batch = {d.id: int(d.config["max_batch_size"]) for d in store.live_deployments(s)}
+        table: dict[str, list[ReplicaEndpoint]] = {}
+        for o in observed:
+            if o.state != ReplicaState.READY or o.base_url is None or o.deploy_id not in batch:
+                continue
+            table.setdefault(o.deploy_id, []).append(
+                ReplicaEndpoint(
+                    o.replica_id, o.deploy_id, o.base_url, batch[o.deploy_id], o.generation
+                )
+            )
+        return table
+
+    async def wait_drains(self) -> None:
+        if self._draining:
+            await asyncio.gather(*self._draining.values(), return_exceptions=True)

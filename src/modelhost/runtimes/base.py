@@ -1,0 +1,73 @@
+"""How a deployment's replica is launched: the `Runtime` contract and the shared engine command.
+
+A runtime turns a `LaunchSpec` plus a port and the replica's devices into the command line and
+environment of one engine process, and names the path that answers 200 once it is ready. Secrets
+(`LaunchSpec.secret_env`) only ever go into the environment, never onto the command line.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Protocol
+
+from modelhost.orchestrator.inventory import Device, device_env, torch_device
+from modelhost.orchestrator.types import LaunchSpec
+
+
+class RuntimeConfigError(ValueError):
+    """The launch spec cannot run on this runtime (e.g. the builtin engine without weights)."""
+
+
+class Runtime(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def health_path(self) -> str: ...
+
+    @property
+    def stats_path(self) -> str | None: ...
+
+    def command(self, launch: LaunchSpec, port: int, devices: Sequence[Device]) -> list[str]: ...
+
+    def env(self, launch: LaunchSpec, devices: Sequence[Device]) -> dict[str, str]: ...
+
+
+def engine_command(
+    engine: str, launch: LaunchSpec, port: int, devices: Sequence[Device]
+) -> list[str]:
+    """`python -m modelhost.engine ...` with the common flags, then the deployment's own."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "modelhost.engine",
+        "--engine",
+        engine,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--served-model-name",
+        launch.served_model_name,
+        "--max-batch-size",
+        str(launch.max_batch_size),
+    ]
+    if launch.weights_local:
+        cmd += ["--weights-local", launch.weights_local]
+    if launch.weights_hf_repo:
+        cmd += ["--weights-hf-repo", launch.weights_hf_repo]
+        if launch.weights_hf_revision:
+            cmd += ["--weights-hf-revision", launch.weights_hf_revision]
+    cmd += ["--device", torch_device(devices)]
+    cmd += list(launch.engine_args)
+    return cmd
+
+
+def base_env(launch: LaunchSpec, devices: Sequence[Device]) -> dict[str, str]:
+    env = device_env(devices)
+    # Output goes to a log file; unbuffered so the logs API and the fatal-line parser see lines
+    # as they are written.
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(launch.secret_env)
+    return env

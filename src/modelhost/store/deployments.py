@@ -1,0 +1,133 @@
+"""Deployments, their events and their replica records."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from modelhost.domain.deployments import QuotaItem
+from modelhost.domain.status import DesiredState
+from modelhost.errors import NotFound
+from modelhost.store.clock import utcnow
+from modelhost.store.tables import Deployment, Event, Replica, User
+from modelhost.store.users import Principal
+
+
+def not_found(deploy_id: str) -> NotFound:
+    # Same body whether the id does not exist or belongs to someone else.
+    return NotFound(f"deployment {deploy_id!r} not found", param="deploy_id")
+
+
+def get_owned(s: Session, who: Principal, deploy_id: str) -> Deployment:
+    dep = s.get(Deployment, deploy_id)
+    if dep is None or dep.deleted_at is not None:
+        raise not_found(deploy_id)
+    if dep.owner_id != who.user_id and not who.is_admin:
+        raise not_found(deploy_id)
+    return dep
+
+
+def owner_name(s: Session, dep: Deployment) -> str:
+    name = s.scalar(select(User.username).where(User.id == dep.owner_id))
+    return name or "?"
+
+
+def find_by_name(s: Session, username: str, model_name: str) -> Deployment | None:
+    return s.scalar(
+        select(Deployment)
+        .join(User, User.id == Deployment.owner_id)
+        .where(
+            User.username == username,
+            User.deleted_at.is_(None),
+            Deployment.model_name == model_name,
+            Deployment.deleted_at.is_(None),
+        )
+    )
+
+
+def name_taken(s: Session, owner_id: int, model_name: str) -> bool:
+    q = select(Deployment.id).where(
+        Deployment.owner_id == owner_id,
+        Deployment.model_name == model_name,
+        Deployment.deleted_at.is_(None),
+    )
+    return s.scalar(q) is not None
+
+
+def list_for(
+    s: Session, who: Principal, statuses: Sequence[str] | None, all_users: bool
+) -> list[Deployment]:
+    q = select(Deployment).order_by(Deployment.created_at)
+    if not (all_users and who.is_admin):
+        q = q.where(Deployment.owner_id == who.user_id)
+    if statuses:
+        q = q.where(Deployment.status.in_(list(statuses)))
+    if not statuses or "deleted" not in statuses:
+        q = q.where(Deployment.deleted_at.is_(None))
+    return list(s.scalars(q))
+
+
+def list_by_owner(s: Session, owner_id: int) -> list[Deployment]:
+    q = select(Deployment).where(Deployment.owner_id == owner_id, Deployment.deleted_at.is_(None))
+    return list(s.scalars(q))
+
+
+def quota_items(s: Session, owner_id: int, exclude: str | None = None) -> list[QuotaItem]:
+    q = select(Deployment).where(
+        Deployment.owner_id == owner_id,
+        Deployment.desired_state == DesiredState.RUNNING.value,
+        Deployment.deleted_at.is_(None),
+    )
+    return [
+        QuotaItem(d.config["gpu"], int(d.config["num_gpus"]), int(d.settings["max_instances"]))
+        for d in s.scalars(q)
+        if d.id != exclude
+    ]
+
+
+def live_deployments(s: Session) -> list[Deployment]:
+    """Deployments the reconciler must look at: those not deleted, plus deleted ones that
+    still have replicas to stop."""
+    with_replicas = select(Replica.deploy_id).where(Replica.exited_at.is_(None))
+    q = (
+        select(Deployment)
+        .where(or_(Deployment.deleted_at.is_(None), Deployment.id.in_(with_replicas)))
+        .order_by(Deployment.created_at)
+    )
+    return list(s.scalars(q))
+
+
+def deployments_with_replicas(s: Session) -> set[str]:
+    """Deployments that ever launched a replica."""
+    return set(s.scalars(select(Replica.deploy_id).distinct()))
+
+
+def add_event(
+    s: Session, deploy_id: str, kind: str, message: str, data: dict[str, Any] | None = None
+) -> None:
+    s.add(Event(deploy_id=deploy_id, ts=utcnow(), kind=kind, message=message, data=data or {}))
+
+
+def list_events(s: Session, deploy_id: str, after_id: int = 0, limit: int = 500) -> list[Event]:
+    q = (
+        select(Event)
+        .where(Event.deploy_id == deploy_id, Event.id > after_id)
+        .order_by(Event.id.desc())
+        .limit(limit)
+    )
+    return list(reversed(list(s.scalars(q))))
+
+
+def replicas_of(s: Session, deploy_id: str) -> list[Replica]:
+    return list(
+        s.scalars(
+            select(Replica).where(Replica.deploy_id == deploy_id).order_by(Replica.started_at)
+        )
+    )
+
+
+def live_replica_rows(s: Session) -> list[Replica]:
+    return list(s.scalars(select(Replica).where(Replica.exited_at.is_(None))))

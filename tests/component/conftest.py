@@ -1,0 +1,36 @@
+"""Component fixtures: the whole app in-process (lifespan included) via Starlette's TestClient."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from starlette.testclient import TestClient
+
+from modelhost.api.app import create_app
+from modelhost.config import Settings
+from tests.conftest import ADMIN_TOKEN, auth
+
+
+class Api:
+    def __init__(self, client: TestClient) -> None:
+        self.client = client
+
+    def as_(self, token: str) -> TestClient:
+        self.client.headers.update(auth(token))
+        return self.client
+
+    def new_user(self, username: str, gpu_limit: int | None = None) -> str:
+        body: dict[str, object] = {"username": username}
+        if gpu_limit is not None:
+            body["gpu_limit"] = gpu_limit
+        r = self.client.post("/v1/users", json=body, headers=auth(ADMIN_TOKEN))
+        assert r.status_code == 201, r.text
+        return str(r.json()["token"])
+
+
+@pytest.fixture
+def api(settings: Settings) -> Iterator[Api]:
+    app = create_app(settings)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield Api(client)

@@ -1,0 +1,290 @@
+"""The `modelhost` CLI (typer's CliRunner) against the real control-plane app on 127.0.0.1."""
+
+from __future__ import annotations
+
+import itertools
+import re
+import socket
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _live_server import LiveServer, modelhost_server
+from typer.testing import CliRunner, Result
+
+from modelhost import Client
+from modelhost.cli.main import app
+
+_names = (f"cli-{i}" for i in itertools.count())
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    with modelhost_server(tmp_path_factory.mktemp("mh-cli")) as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def cli_env(server: LiveServer, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A logged-in admin: stored login in a temp file, no env overrides."""
+    env: dict[str, Any] = {
+        "MODELHOST_CLI_CONFIG": str(tmp_path_factory.mktemp("cli-cfg") / "config.json"),
+        "MODELHOST_URL": None,
+        "MODELHOST_TOKEN": None,
+    }
+    result = CliRunner().invoke(
+        app, ["login", "--url", server.url, "--token", server.admin_token], env=env
+    )
+    assert result.exit_code == 0, result.output
+    return env
+
+
+def run(env: dict[str, Any], *args: str, input: str | None = None) -> Result:
+    return CliRunner().invoke(app, list(args), env=env, input=input)
+
+
+def _deploy_id(output: str) -> str:
+    match = re.search(r"deploy id: (\S+)", output)
+    assert match, output
+    return match.group(1)
+
+
+def test_login_stores_a_private_file_and_whoami(cli_env: dict[str, Any]) -> None:
+    path = Path(cli_env["MODELHOST_CLI_CONFIG"])
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    result = run(cli_env, "whoami")
+    assert result.exit_code == 0, result.output
+    assert "admin (admin)" in result.stdout and "(config)" in result.stdout
+
+
+def test_login_with_a_bad_token_fails_and_stores_nothing(
+    server: LiveServer, tmp_path: Path
+) -> None:
+    env = {"MODELHOST_CLI_CONFIG": str(tmp_path / "c.json"), "MODELHOST_TOKEN": None}
+    result = run(env, "login", "--url", server.url, "--token", "mh_wrong")
+    assert result.exit_code == 1
+    assert "Error:" in result.stderr and "Traceback" not in result.output
+    assert not (tmp_path / "c.json").exists()
+
+
+def test_login_prompts_for_the_token(server: LiveServer, tmp_path: Path) -> None:
+    env = {"MODELHOST_CLI_CONFIG": str(tmp_path / "c.json"), "MODELHOST_TOKEN": None}
+    result = run(env, "login", "--url", server.url, input=server.admin_token + "\n")
+    assert result.exit_code == 0, result.output
+    assert server.admin_token not in result.stdout
+    assert run(env, "logout").stdout.strip() == "Logged out."
+    assert not (tmp_path / "c.json").exists()
+    assert "not logged in" in run(env, "whoami").stderr
+
+
+def test_env_overrides_the_stored_login(cli_env: dict[str, Any], server: LiveServer) -> None:
+    with Client(server.url, server.admin_token) as admin:
+        token = admin.create_user("envuser").token
+    result = run({**cli_env, "MODELHOST_TOKEN": token}, "whoami")
+    assert result.exit_code == 0 and "envuser" in result.stdout and "from env" in result.stdout
+
+
+def test_connection_refused_names_the_url(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {
+        "MODELHOST_CLI_CONFIG": str(tmp_path / "c.json"),
+        "MODELHOST_URL": f"http://127.0.0.1:{port}",
+        "MODELHOST_TOKEN": "mh_x",
+    }
+    result = run(env, "deploy", "list")
+    assert result.exit_code == 1
+    assert f"http://127.0.0.1:{port}" in result.stderr and "Traceback" not in result.output
+
+
+def test_users_and_tokens(cli_env: dict[str, Any], server: LiveServer, tmp_path: Path) -> None:
+    result = run(cli_env, "users", "create", "dave", "--gpu-limit", "3")
+    assert result.exit_code == 0, result.output
+    dave_token = result.stdout.strip()
+    assert dave_token.startswith("mh_") and "not shown again" in result.stderr
+    listed = run(cli_env, "users", "list")
+    assert re.search(r"dave\s+no\s+3", listed.stdout), listed.stdout
+
+    dave = {
+        "MODELHOST_CLI_CONFIG": str(tmp_path / "d.json"),
+        "MODELHOST_TOKEN": dave_token,
+        "MODELHOST_URL": server.url,
+    }
+    denied = run(dave, "users", "list")
+    assert denied.exit_code == 1 and "403" not in denied.stderr and "Error:" in denied.stderr
+
+    created = run(dave, "tokens", "create", "laptop")
+    assert created.exit_code == 0, created.output
+    new_token = created.stdout.strip()
+    assert new_token.startswith("mh_")
+    table = run(dave, "tokens", "list").stdout
+    row = next(line for line in table.splitlines() if "laptop" in line)
+    token_id = row.split()[0]
+    assert new_token not in table
+    dup = run(dave, "tokens", "create", "laptop")
+    assert dup.exit_code == 1 and "Error:" in dup.stderr
+
+    assert run(dave, "tokens", "revoke", token_id).exit_code == 0
+    gone = run({**dave, "MODELHOST_TOKEN": new_token}, "whoami")
+    assert gone.exit_code == 1 and "check your token" in gone.stderr
+
+    assert run(cli_env, "users", "delete", "dave").exit_code == 0
+    assert "dave" not in run(cli_env, "users", "list").stdout
+
+
+def test_models_and_gpus(cli_env: dict[str, Any]) -> None:
+    models = run(cli_env, "models", "list")
+    assert models.exit_code == 0 and "smollm2-135m-instruct" in models.stdout
+    gpus = run(cli_env, "deploy", "gpus")
+    assert gpus.exit_code == 0 and re.search(r"A100-80GB\s+\d+\s+4\s+2\.00", gpus.stdout)
+
+
+def test_create_llm_errors_are_one_line_without_traceback(cli_env: dict[str, Any]) -> None:
+    result = run(
+        cli_env,
+        "deploy",
+        "create-llm",
+        "--name",
+        next(_names),
+        "--gpu",
+        "NOPE-1GB",
+        "--engine",
+        "simulator",
+    )
+    assert result.exit_code == 1
+    assert "Error:" in result.stderr and "A100-80GB" in result.stderr
+    assert "Traceback" not in result.output
+    usage = run(cli_env, "deploy", "create-llm", "--name", "x", "--hf-token", "hf_x")
+    assert usage.exit_code == 1 and "--hf-repo" in usage.stderr
+
+
+def test_deploy_lifecycle(cli_env: dict[str, Any]) -> None:
+    name = next(_names)
+    created = run(
+        cli_env,
+        "deploy",
+        "create-llm",
+        "--name",
+        name,
+        "--engine",
+        "simulator",
+        "--min-instances",
+        "0",
+        "--max-instances",
+        "1",
+        "--poll-interval",
+        "0.1",
+    )
+    assert created.exit_code == 0, created.output
+    dep_id = _deploy_id(created.stdout)
+    assert "status: standby" in created.stdout
+    assert f"modelhost chat admin/{name}" in created.stdout
+    assert "/v1/openai/chat/completions" in created.stdout
+
+    listed = run(cli_env, "deploy", "list", "--status", "standby,ready")
+    assert re.search(rf"{dep_id}\s+admin/{name}\s+standby", listed.stdout), listed.stdout
+    assert dep_id not in run(cli_env, "deploy", "list", "--status", "errored").stdout
+
+    info = run(cli_env, "deploy", "info", dep_id)
+    assert info.exit_code == 0
+    for key in (
+        "deploy_id:",
+        "status:",
+        "instances:",
+        "running:",
+        "autoscaling:",
+        "desired_replicas:",
+        "settings:",
+        "min_instances:",
+        "config:",
+        "engine:",
+    ):
+        assert key in info.stdout, key
+
+    upd = run(cli_env, "deploy", "update", dep_id, "--max-instances", "2")
+    assert upd.exit_code == 0 and "max_instances=2" in upd.stdout
+    assert "nothing to update" in run(cli_env, "deploy", "update", dep_id).stderr
+
+    assert "stopped" in run(cli_env, "deploy", "stop", dep_id).stdout
+    assert run(cli_env, "deploy", "start", dep_id).exit_code == 0
+    events = run(cli_env, "deploy", "events", dep_id)
+    assert events.exit_code == 0 and "TIME" in events.stdout and len(events.stdout.splitlines()) > 2
+
+    logs = run(cli_env, "logs", dep_id)
+    assert logs.exit_code == 0 and logs.stdout == ""
+
+    assert dep_id in run(cli_env, "deploy", "delete", dep_id).stdout
+    missing = run(cli_env, "deploy", "info", "no-such-id")
+    assert missing.exit_code == 1 and "Error:" in missing.stderr
+
+
+def test_errored_deployment_prints_the_reason_and_exits_1(cli_env: dict[str, Any]) -> None:
+    result = run(
+        cli_env,
+        "deploy",
+        "create-llm",
+        "--name",
+        next(_names),
+        "--engine",
+        "builtin",
+        "--local",
+        "/nonexistent/model.gguf",
+        "--poll-interval",
+        "0.1",
+        "--timeout",
+        "120",
+    )
+    # The server may refuse a missing path up front (422) or fail the start (errored): either
+    # way the user gets a reason and a failing exit code.
+    assert result.exit_code == 1, result.output
+    assert "Error:" in result.stderr and "Traceback" not in result.output
+
+
+def test_chat_and_logs_with_a_running_replica(cli_env: dict[str, Any]) -> None:
+    name = next(_names)
+    created = run(
+        cli_env,
+        "deploy",
+        "create-llm",
+        "--name",
+        name,
+        "--engine",
+        "simulator",
+        "--min-instances",
+        "1",
+        "--poll-interval",
+        "0.2",
+        "--timeout",
+        "120",
+    )
+    assert created.exit_code == 0, created.output
+    dep_id = _deploy_id(created.stdout)
+    try:
+        assert "status: ready" in created.stdout
+        one = run(cli_env, "chat", f"admin/{name}", "--message", "hi", "--max-tokens", "5")
+        assert one.exit_code == 0, one.output
+        assert one.stdout.strip()
+
+        repl = run(
+            cli_env,
+            "chat",
+            f"admin/{name}",
+            "--system",
+            "be brief",
+            "--max-tokens",
+            "3",
+            input="hello\n/reset\nagain\n/exit\n",
+        )
+        assert repl.exit_code == 0, repl.output
+        assert repl.stdout.count("> ") >= 3
+
+        bad = run(cli_env, "chat", "admin/no-such-model", "--message", "hi")
+        assert bad.exit_code == 1 and "Error:" in bad.stderr
+
+        logs = run(cli_env, "logs", dep_id, "--limit", "3")
+        assert logs.exit_code == 0 and 0 < len(logs.stdout.splitlines()) <= 3
+    finally:
+        run(cli_env, "deploy", "delete", dep_id)

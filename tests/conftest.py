@@ -1,0 +1,141 @@
+"""Shared fixtures: temporary settings, an in-process app, and a real `modelhost serve`."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from modelhost.config import Settings
+
+ADMIN_TOKEN = "mh_test_admin_token_0123456789abcdef"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def make_settings(data_dir: Path, **overrides: object) -> Settings:
+    base: dict[str, object] = {
+        "data_dir": data_dir,
+        "admin_token": ADMIN_TOKEN,
+        "gpus": "A100-80GB:8,H100-80GB:2",
+        "discover_gpus": False,
+        "cpu_slots": 2,
+        "reconcile_interval_s": 0.2,
+        "health_probe_interval_s": 0.2,
+        "restart_backoff_base_s": 0.2,
+        "restart_backoff_max_s": 1.0,
+        "drain_timeout_s": 5.0,
+        "shutdown_grace_s": 5.0,
+        "cold_start_timeout_s": 60.0,
+    }
+    base.update(overrides)
+    return Settings(**base)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path / "data")
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def wait_until(predicate, timeout: float = 30.0, interval: float = 0.1, what: str = "condition"):  # type: ignore[no-untyped-def]
+    """Poll until predicate() is truthy; returns its value. Fails the test on timeout (a
+    bound against hangs, not a performance assertion)."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+
+
+class ServeProcess:
+    """A real `modelhost serve` on 127.0.0.1 in its own process group."""
+
+    def __init__(self, data_dir: Path, extra_args: list[str] | None = None, **env: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.data_dir = data_dir
+        self.log_path = data_dir.parent / f"serve-{self.port}.log"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        full_env = {
+            **os.environ,
+            "MODELHOST_ADMIN_TOKEN": ADMIN_TOKEN,
+            "MODELHOST_DISCOVER_GPUS": "false",
+            "MODELHOST_RECONCILE_INTERVAL_S": "0.2",
+            "MODELHOST_HEALTH_PROBE_INTERVAL_S": "0.2",
+            "MODELHOST_RESTART_BACKOFF_BASE_S": "0.2",
+            "MODELHOST_RESTART_BACKOFF_MAX_S": "1",
+            "MODELHOST_DRAIN_TIMEOUT_S": "5",
+            "MODELHOST_SHUTDOWN_GRACE_S": "5",
+            **env,
+        }
+        cmd = [
+            sys.executable,
+            "-m",
+            "modelhost.cli.main",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(data_dir),
+            *(extra_args or []),
+        ]
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            cmd, stdout=self._log, stderr=subprocess.STDOUT, env=full_env, start_new_session=True
+        )
+        self.client = httpx.Client(base_url=self.url, headers=auth(ADMIN_TOKEN), timeout=30)
+        try:
+            wait_until(self._ready, timeout=60, what="modelhost serve /readyz")
+        except AssertionError:
+            self.stop()
+            log = self.log_path.read_text()[-4000:]
+            raise AssertionError(f"serve did not start:\n{log}") from None
+
+    def _ready(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"serve exited:\n{self.log_path.read_text()[-4000:]}")
+        try:
+            return httpx.get(self.url + "/readyz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stop(self, sig: int = 15, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, 9)
+                self.proc.wait(5)
+        self.client.close()
+        self._log.close()
+        return int(self.proc.returncode)
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[ServeProcess]:
+    server = ServeProcess(tmp_path / "data", ["--gpus", "A100-80GB:8", "--cpu-slots", "2"])
+    try:
+        yield server
+    finally:
+        server.stop()

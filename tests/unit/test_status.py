@@ -1,0 +1,71 @@
+"""The status derivation table: desired state + replicas -> one user-facing status."""
+
+from __future__ import annotations
+
+import pytest
+
+from modelhost.domain.status import (
+    DeploymentStatus as S,
+)
+from modelhost.domain.status import (
+    DesiredState as D,
+)
+from modelhost.domain.status import (
+    ReplicaCounts,
+    StatusInputs,
+    derive_status,
+)
+
+
+def rc(ready: int = 0, starting: int = 0, ready_current: int | None = None, ever: bool = True):  # type: ignore[no-untyped-def]
+    return ReplicaCounts(
+        ready=ready,
+        starting=starting,
+        ready_current=ready if ready_current is None else ready_current,
+        ever_started=ever,
+    )
+
+
+CASES = [
+    # desired state, desired replicas, replicas, errored reason -> status
+    ("new, nothing launched yet", D.RUNNING, 1, rc(ever=False), None, S.PENDING),
+    ("first replica starting", D.RUNNING, 1, rc(starting=1), None, S.INITIALIZING),
+    ("one ready", D.RUNNING, 1, rc(ready=1), None, S.READY),
+    ("ready while scaling up", D.RUNNING, 3, rc(ready=1, starting=2), None, S.READY),
+    ("scaled to zero", D.RUNNING, 0, rc(), None, S.STANDBY),
+    ("waking from zero", D.RUNNING, 1, rc(starting=1), None, S.INITIALIZING),
+    ("restarting after crash backoff", D.RUNNING, 1, rc(), None, S.INITIALIZING),
+    ("start failed", D.RUNNING, 1, rc(), "could not download x", S.ERRORED),
+    ("errored but a replica serves", D.RUNNING, 1, rc(ready=1), "old failure", S.READY),
+    ("stopped", D.STOPPED, 1, rc(ready=1), None, S.STOPPED),
+    ("stopped beats errored", D.STOPPED, 1, rc(), "boom", S.STOPPED),
+    ("deleted", D.DELETED, 1, rc(ready=2), None, S.DELETED),
+    (
+        "rolling: old serves, new starting",
+        D.RUNNING,
+        1,
+        rc(1, 1, ready_current=0),
+        None,
+        S.UPDATING,
+    ),
+    (
+        "rolling: new ready, old still serves",
+        D.RUNNING,
+        1,
+        rc(2, 0, ready_current=1),
+        None,
+        S.UPDATING,
+    ),
+    ("rolling done", D.RUNNING, 1, rc(1, 0, ready_current=1), None, S.READY),
+]
+
+
+@pytest.mark.parametrize(
+    ("desired", "n", "counts", "err", "expected"),
+    [c[1:] for c in CASES],
+    ids=[c[0] for c in CASES],
+)
+def test_derive_status(
+    desired: D, n: int, counts: ReplicaCounts, err: str | None, expected: S
+) -> None:
+    assert derive_status(StatusInputs(desired, n, counts, err)) is expected
