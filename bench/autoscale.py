@@ -59,6 +59,8 @@ class Summary:
     replica_starts: int
     max_replicas: int
     requests: int
+    # Simulated seconds, from 0 to the later of the trace's end and the last completion.
+    end_s: float
 
 
 def summarize(result: SimResult) -> Summary:
@@ -77,6 +79,7 @@ def summarize(result: SimResult) -> Summary:
         replica_starts=result.replica_starts,
         max_replicas=result.max_replicas,
         requests=len(waits),
+        end_s=result.end_s,
     )
 
 

@@ -54,6 +54,8 @@ class Settings(BaseSettings):
 
     # Control loops.
     reconcile_interval_s: float = 0.5
+    # How often the autoscaler decides (its windows are in seconds, so this is resolution).
+    autoscale_interval_s: float = 2.0
     # Gateway.
     request_timeout_s: float = 600.0
     # Queue per deployment, as a multiple of (replicas * max_batch_size); at least queue_min.

@@ -14,6 +14,8 @@ from collections.abc import Awaitable, Callable
 
 from prometheus_client import CollectorRegistry, Counter
 
+from modelhost.autoscale_glue import AutoscaleGlue, monotonic_now
+from modelhost.autoscaler.loop import Autoscaler
 from modelhost.gateway.core import Gateway
 from modelhost.orchestrator.backends.base import Backend
 from modelhost.orchestrator.reconciler import Reconciler
@@ -72,10 +74,18 @@ class ControlLoops:
         )
 
     async def start(self) -> None:
-        assert self.reconciler is not None
+        assert self.reconciler is not None and self._gateway is not None
         await asyncio.to_thread(self.reconciler.adopt)
-        interval = self.services.settings.reconcile_interval_s
-        self._spawn("reconciler", self.reconciler.run_once, interval, wake=True)
+        s = self.services.settings
+        self._spawn("reconciler", self.reconciler.run_once, s.reconcile_interval_s, wake=True)
+        glue = AutoscaleGlue(self.services, self._gateway, self.reconciler)
+        autoscaler = Autoscaler(glue, glue, glue)
+
+        async def autoscale() -> None:
+            glue.refresh()
+            await asyncio.to_thread(autoscaler.run_once, monotonic_now())
+
+        self._spawn("autoscaler", autoscale, s.autoscale_interval_s)
 
     def _spawn(
         self, name: str, fn: Callable[[], Awaitable[None]], interval: float, wake: bool = False

@@ -226,6 +226,8 @@ def test_unspawnable_replica_fails_at_once(tmp_path: Path) -> None:
             backend.start(spec("r1"))
     finally:
         backend.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        backend.start(spec("r2"))  # nothing may run unwatched
 
 
 def test_drain_sigterm_then_sigkill_whole_group(tmp_path: Path, pids: list[int]) -> None:

@@ -74,13 +74,15 @@ def test_knob_defaults_match_documentation() -> None:
 
 
 def test_knobs_parse_every_flag() -> None:
-    k = parse_knobs(
+    flags = (
         "--startup-s 1.5 --ttft-ms 3 --prefill-ms-per-token 0.5 --tpot-ms 7 --batch-slowdown 0.1 "
         "--context-length 128 --seed 9 --eos-probability 0.25 --crash-after-requests 3 "
-        "--adapters a/1,b".split()
-        + ["--fail-start", "weights are missing"]
+        "--adapters a/1,b"
     )
-    assert k == SimulatorKnobs(1.5, 3, 0.5, 7, 0.1, 128, 9, 0.25, "weights are missing", 3, ("a/1", "b"))
+    k = parse_knobs([*flags.split(" "), "--fail-start", "weights are missing"])
+    assert k == SimulatorKnobs(
+        1.5, 3, 0.5, 7, 0.1, 128, 9, 0.25, "weights are missing", 3, ("a/1", "b")
+    )
 
 
 @pytest.mark.parametrize(
@@ -96,7 +98,9 @@ def test_build_generator_turns_bad_knobs_into_a_startup_error() -> None:
     args = parse(["--engine", "simulator", "--port", "1", "--served-model-name", "m", "--bogus"])
     with pytest.raises(StartupError, match="bogus"):
         build_generator(args)
-    args = parse(["--engine", "simulator", "--port", "1", "--served-model-name", "m", "--seed", "4"])
+    args = parse(
+        ["--engine", "simulator", "--port", "1", "--served-model-name", "m", "--seed", "4"]
+    )
     gen = build_generator(args)
     assert gen.knobs.seed == 4 and gen.model_id == "m"
 

@@ -19,10 +19,11 @@ MAX_INSTANCES_LIMIT = 64
 
 
 class SettingsError(ValueError):
-    """A setting is unknown, of the wrong type, or out of range. `field` names it."""
+    """A setting is unknown, of the wrong type, or out of range. `field` names it; str() is
+    the message alone, so the API layer can prefix it with the field's path."""
 
     def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"settings.{field}: {message}")
+        super().__init__(message)
         self.field = field
         self.message = message
 

@@ -56,10 +56,17 @@ def _fatal(message: str) -> int:
     return FATAL_EXIT_CODE
 
 
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, StartupError):
+def describe_failure(exc: BaseException) -> str:
+    """The fatal line's reason. StartupError and modelhost's own exception classes (such as the
+    builtin engine's weights and options errors) carry messages written for users and are
+    shown verbatim; anything else is named by its type."""
+    if _user_facing(exc):
         return str(exc)
     return f"the engine failed to start: {type(exc).__name__}: {exc}"
+
+
+def _user_facing(exc: BaseException) -> bool:
+    return isinstance(exc, StartupError) or type(exc).__module__.startswith("modelhost.")
 
 
 def split_server_flags(args: EngineArgs) -> tuple[EngineArgs, float]:
@@ -114,9 +121,9 @@ async def _run(server: _Server, generator: Generator, sock: socket.socket) -> in
         if exc is None:
             log.info("engine ready")
         else:
-            if not isinstance(exc, StartupError):
+            if not _user_facing(exc):
                 log.error("generator start failed", exc_info=exc)
-            code = _fatal(_describe(exc))
+            code = _fatal(describe_failure(exc))
             server.should_exit = True
     await serving  # returns after SIGTERM and the drain, or at once after a failed start
     if not starting.done():
@@ -145,9 +152,9 @@ def main(argv: list[str] | None = None) -> int:
         generator = build_generator(args)
         sock = _bind(args.host, args.port)
     except Exception as exc:
-        if not isinstance(exc, StartupError):
+        if not _user_facing(exc):
             log.error("building the engine failed", exc_info=exc)
-        return _fatal(_describe(exc))
+        return _fatal(describe_failure(exc))
     app = create_app(
         generator,
         served_model_name=args.served_model_name,

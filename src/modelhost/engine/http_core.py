@@ -220,13 +220,14 @@ class GenerationResponse(Response):
     async def _generate(self, send: Send) -> None:
         state, renderer = self._state, self._renderer
         metrics = state.metrics
-        started = time.perf_counter()
-        headers_sent = False
+        t0 = time.perf_counter()
+        headers_sent = started = False
         it: AsyncIterator[TokenEvent] | None = None
         try:
             it = state.generator.generate(self._request)
             event = await anext(it)
-            first_s = time.perf_counter() - started
+            started = True
+            first_s = time.perf_counter() - t0
             if renderer.stream:
                 headers = [*SSE_HEADERS, (b"x-request-id", self._request.request_id.encode())]
                 await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -235,7 +236,7 @@ class GenerationResponse(Response):
             else:
                 final = await self._complete(send, it, event)
             metrics.observe_success(
-                total_s=time.perf_counter() - started,
+                total_s=time.perf_counter() - t0,
                 first_token_s=first_s,
                 prompt_tokens=final.prompt_tokens,
                 generated_tokens=final.generated_tokens,
@@ -244,7 +245,7 @@ class GenerationResponse(Response):
             metrics.observe_failure("cancelled")
             raise
         except Exception as exc:
-            err = self._to_api_error(exc, headers_sent)
+            err = self._to_api_error(exc, started)
             metrics.observe_failure(err.kind)
             if headers_sent:
                 body = renderer.stream_error(err)
@@ -256,11 +257,12 @@ class GenerationResponse(Response):
             if it is not None:
                 await _close(it)
 
-    def _to_api_error(self, exc: BaseException, headers_sent: bool) -> ApiError:
+    def _to_api_error(self, exc: BaseException, started: bool) -> ApiError:
         if isinstance(exc, ApiError):
             return exc
         if isinstance(exc, GeneratorError):
-            if headers_sent:
+            # Before the first token it is the request's fault; after, the engine's.
+            if started:
                 return ApiError(500, str(exc), kind="generation", code="generation_error")
             return error_from_generator(exc)
         if isinstance(exc, StopAsyncIteration):

@@ -29,7 +29,7 @@ from modelhost.engine.schemas_openai import MAX_STOP_SEQUENCES
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_TOKENS_CAP = 4096
-_LORAX_PATHS = frozenset({"/", "/generate", "/generate_stream", "/info", "/health"})
+_LORAX_PATHS = frozenset({"/", "/generate", "/generate_stream", "/info", "/health", "/ping"})
 _UNHEALTHY = {"error": "unhealthy", "error_type": "healthcheck"}
 
 
@@ -101,7 +101,10 @@ def create_app(
         err = ApiError(500, "Internal error in the engine.", kind="internal", code="internal")
         return _error_response(request, err)
 
+    # LoRAX answers health checks on / and /ping too.
     @app.get("/health")
+    @app.get("/ping")
+    @app.get("/")
     async def health() -> Response:
         if generator.ready:
             return JSONResponse({"status": "ok"})

@@ -131,9 +131,11 @@ class Reconciler:
         with self.services.db.session() as s:
             self._update_statuses(s, observed, pending)
         self.routing.publish(self._routing_table(observed))
-        for o in observed:
-            if o.state.terminal and o.replica_id not in self._draining:
-                self.backend.forget(o.replica_id)
+        # Forget only what was already terminal when failures were counted: a replica that
+        # failed since then is counted on the next pass, then forgotten.
+        for replica_id, state in self._prev_states.items():
+            if state.terminal and replica_id not in self._draining:
+                self.backend.forget(replica_id)
 
     def _reset_failures(self, deployments: Sequence[Deployment]) -> None:
         """A /start or a config change clears fail_reason: that is a fresh chance."""

@@ -1,6 +1,9 @@
 """Slot-based KV cache: one row ("slot") per running sequence, keys/values at their positions.
 
-Layout per layer: [slots, kv_heads, length, head_dim]. Running sequences always occupy slots
+Layout per layer: [slots, length, kv_heads, head_dim], so (slot, position) pairs address rows of
+a flat view and a step writes all its new keys with one index_copy_ (advanced-index assignment
+into a [slots, heads, length, dim] layout was 100x slower). Attention reads it through a
+transposed view. Running sequences always occupy slots
 0..n-1 (the scheduler moves the last sequence into a freed slot), so decode attention reads one
 contiguous block of slots with no gather, and a sequence joining or leaving never re-pads the
 others. The tensors grow on demand (more slots, longer sequences) and are dropped when the
@@ -58,13 +61,13 @@ class SlotKVCache:
         s = self.shape
         # Zero-filled, not empty: masked-out positions are still multiplied by 0 in attention and
         # NaN garbage there would poison real rows.
-        dims = (new_slots, s.num_kv_heads, new_length, s.head_dim)
+        dims = (new_slots, new_length, s.num_kv_heads, s.head_dim)
         keys = [torch.zeros(dims, dtype=s.dtype, device=s.device) for _ in range(s.num_layers)]
         values = [torch.zeros(dims, dtype=s.dtype, device=s.device) for _ in range(s.num_layers)]
         if self.keys:
             n, length_old = self.slot_capacity, self.length_capacity
             for new, old in zip((*keys, *values), (*self.keys, *self.values), strict=True):
-                new[:n, :, :length_old].copy_(old)
+                new[:n, :length_old].copy_(old)
         self.keys, self.values = keys, values
         self.slot_capacity, self.length_capacity = new_slots, new_length
 
@@ -73,7 +76,7 @@ class SlotKVCache:
         if length <= 0 or src == dst:
             return
         for tensor in (*self.keys, *self.values):
-            tensor[dst, :, :length].copy_(tensor[src, :, :length])
+            tensor[dst, :length].copy_(tensor[src, :length])
 
     def release(self) -> None:
         """Give the memory back (the engine is idle)."""

@@ -166,6 +166,7 @@ class CausalLM:
         sin = self.sin[step.positions].unsqueeze(1)
         decode_mask, key_len = self._decode_mask(step)
         prefill_masks = [self._prefill_mask(span) for span in step.prefill]
+        flat_index = step.slots * cache.length_capacity + step.positions  # rows of a flat view
         for layer, keys, values in zip(self.layers, cache.keys, cache.values, strict=True):
             h = _rms_norm(x, layer.input_norm, spec.rms_norm_eps)
             qkv = layer.qkv(h)
@@ -174,8 +175,8 @@ class CausalLM:
             v = qkv[:, (nh + nkv) * hd :].view(t, nkv, hd)
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
-            keys[step.slots, :, step.positions] = k
-            values[step.slots, :, step.positions] = v
+            keys.view(-1, nkv, hd).index_copy_(0, flat_index, k)
+            values.view(-1, nkv, hd).index_copy_(0, flat_index, v)
             attn = torch.empty((t, nh * hd), dtype=x.dtype, device=x.device)
             if step.decode_rows:
                 attn[: step.decode_rows] = self._decode_attention(
@@ -220,8 +221,8 @@ class CausalLM:
             query[decode_slots] = q.unsqueeze(2)
         out = F.scaled_dot_product_attention(
             query,
-            keys[:n, :, :key_len],
-            values[:n, :, :key_len],
+            keys[:n, :key_len].transpose(1, 2),
+            values[:n, :key_len].transpose(1, 2),
             attn_mask=mask,
             enable_gqa=True,
         )
@@ -246,8 +247,8 @@ class CausalLM:
         s = span.slot
         out = F.scaled_dot_product_attention(
             q.transpose(0, 1).unsqueeze(0),
-            keys[s : s + 1, :, :key_len],
-            values[s : s + 1, :, :key_len],
+            keys[s : s + 1, :key_len].transpose(1, 2),
+            values[s : s + 1, :key_len].transpose(1, 2),
             attn_mask=mask,
             enable_gqa=True,
         )

@@ -29,7 +29,9 @@ class RowSampler:
     _prompt: list[int] = field(default_factory=list)
 
     @classmethod
-    def create(cls, params: SamplingParams, seed: int, vocab_size: int, prompt: list[int]) -> RowSampler:
+    def create(
+        cls, params: SamplingParams, seed: int, vocab_size: int, prompt: list[int]
+    ) -> RowSampler:
         row = cls(params=params, seed=seed, vocab_size=vocab_size)
         if params.temperature > 0:
             row.generator = torch.Generator().manual_seed(seed)

@@ -15,7 +15,11 @@ from typing import Any
 import torch
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
-_BY_MODEL_TYPE = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+_BY_MODEL_TYPE = {
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+}
 
 
 class UnsupportedModel(Exception):
@@ -73,7 +77,9 @@ def load_spec(folder: Path) -> ModelSpec:
             f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
         )
     if getattr(config, "hidden_act", "silu") != "silu":
-        raise UnsupportedModel(f"the builtin engine only supports silu MLPs, not {config.hidden_act}")
+        raise UnsupportedModel(
+            f"the builtin engine only supports silu MLPs, not {config.hidden_act}"
+        )
     num_heads = int(config.num_attention_heads)
     head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // num_heads)
     inv_freq, scaling = _rope(config, head_dim)

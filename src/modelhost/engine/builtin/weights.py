@@ -44,7 +44,9 @@ def resolve_weights(
         return _resolve_local(Path(local).expanduser(), cache_dir, emit)
     if hf_repo:
         try:
-            folder = download(hf_repo, hf_revision, cache_dir / "hf", endpoint=hf_endpoint, emit=emit)
+            folder = download(
+                hf_repo, hf_revision, cache_dir / "hf", endpoint=hf_endpoint, emit=emit
+            )
         except HubDownloadError as exc:
             raise WeightsError(str(exc)) from None
         if not any(folder.glob("*.safetensors")):

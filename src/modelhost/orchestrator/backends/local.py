@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
+_STARTING_PROBE_S = 0.2
+
 
 class LocalBackend:
     def __init__(
@@ -84,6 +86,8 @@ class LocalBackend:
 
     def start(self, spec: ReplicaStartSpec) -> ReplicaHandle:
         with self._lock:
+            if self._closing:
+                raise RuntimeError("the local backend is closed")
             if spec.replica_id in self._replicas:
                 raise ValueError(f"replica {spec.replica_id} already exists")
             avoid = {r.port for r in self._replicas.values() if r.port and not r.state.terminal}
@@ -219,6 +223,7 @@ class LocalBackend:
         if self._closing:
             return
         if stop_replicas:
+            # The monitor keeps running meanwhile: it is what notices the exits.
             with self._lock:
                 ids = [k for k, r in self._replicas.items() if not r.state.terminal]
             for replica_id in ids:
@@ -236,7 +241,8 @@ class LocalBackend:
                         r.popen.wait(timeout=5)
                     except subprocess.TimeoutExpired:
                         log.error("replica %s (pid %s) survived SIGKILL", r.replica_id, r.pid)
-        self._closing = True
+        with self._lock:
+            self._closing = True
         self._poke()
         self._thread.join(timeout=10)
 
@@ -283,7 +289,14 @@ class LocalBackend:
                     log.exception("local backend tick failed")
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._interval)
+                    await asyncio.wait_for(self._wake.wait(), self._next_wait())
+
+    def _next_wait(self) -> float:
+        # Starting replicas are probed more often: how soon a replica is seen ready is part of
+        # every cold start a client waits through.
+        with self._lock:
+            starting = any(r.state == ReplicaState.STARTING for r in self._replicas.values())
+        return min(self._interval, _STARTING_PROBE_S) if starting else self._interval
 
     async def _tick(self, client: httpx.AsyncClient) -> None:
         now = time.monotonic()

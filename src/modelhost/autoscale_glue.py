@@ -1,0 +1,136 @@
+"""The autoscaler's view of this server: deployments from the store, load from the gateway
+and the replicas' own /stats, and the desired count written back to the store.
+
+This is composition-root code: it is the one place that knows about the store, the gateway
+and the orchestrator at once, so that none of those packages imports another.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from modelhost.autoscaler.loop import AutoscaledDeployment
+from modelhost.autoscaler.policy import LoadSignals, ScalingDecision
+from modelhost.domain.autoscaling import validate_settings
+from modelhost.domain.deployments import CPU
+from modelhost.domain.status import DesiredState
+from modelhost.gateway.core import Gateway, GatewaySignals
+from modelhost.orchestrator.reconciler import Reconciler
+from modelhost.orchestrator.types import ReplicaObservation, ReplicaState
+from modelhost.services import Services
+from modelhost.store import deployments as store
+from modelhost.store.tables import Deployment, User
+
+
+@dataclass
+class AutoscaleGlue:
+    services: Services
+    gateway: Gateway
+    reconciler: Reconciler
+
+    _gateway_view: dict[str, GatewaySignals] = field(default_factory=dict)
+
+    def refresh(self) -> None:
+        """Copy the gateway's counters. Call on the event loop, where the gateway lives: the
+        decisions then run in a worker thread (they read the store) without touching it."""
+        self._gateway_view = {
+            p.deploy_id: self.gateway.signals(p.deploy_id) for p in self.gateway.pools()
+        }
+
+    def _gw(self, deploy_id: str) -> GatewaySignals:
+        return self._gateway_view.get(deploy_id, GatewaySignals(0, 0, 0, None))
+
+    def _observed(self) -> list[ReplicaObservation]:
+        return self.reconciler.last_observed
+
+    # ---- DeploymentSource -------------------------------------------------------------------
+    def autoscaled_deployments(self) -> Sequence[AutoscaledDeployment]:
+        observed = self._observed()
+        free = self.services.inventory.free(observed)
+        out: list[AutoscaledDeployment] = []
+        with self.services.db.session() as s:
+            deps = [
+                d
+                for d in store.live_deployments(s)
+                if d.desired_state == DesiredState.RUNNING.value and d.fail_reason is None
+            ]
+            for d in deps:
+                reps = [o for o in observed if o.deploy_id == d.id]
+                live = [o for o in reps if o.state in (ReplicaState.STARTING, ReplicaState.READY)]
+                ready = [o for o in live if o.state == ReplicaState.READY]
+                gpu, num = d.config["gpu"], int(d.config["num_gpus"])
+                need = 1 if gpu == CPU else num
+                placeable = len(live) + len(free.get(gpu, [])) // need
+                limit = "capacity"
+                quota_max = self._quota_max(s, d, num)
+                if quota_max is not None and quota_max < placeable:
+                    placeable, limit = quota_max, "quota"
+                pool_signals = self._gw(d.id)
+                out.append(
+                    AutoscaledDeployment(
+                        deploy_id=d.id,
+                        settings=validate_settings(d.settings, None),
+                        max_batch_size=int(d.config["max_batch_size"]),
+                        # A replica the store wants but that has not started yet counts: the
+                        # policy must not cancel a start it has not seen happen.
+                        current_replicas=max(len(live), d.desired_replicas),
+                        ready_replicas=len(ready),
+                        placeable_max=placeable,
+                        last_request_at=pool_signals.last_request_at,
+                        placeable_limit=limit,
+                    )
+                )
+        return out
+
+    def _quota_max(self, s: object, dep: Deployment, num_gpus: int) -> int | None:
+        """Replicas the owner's GPU limit allows this deployment, given the others' reservations."""
+        if dep.config["gpu"] == CPU:
+            return None
+        from sqlalchemy.orm import Session
+
+        assert isinstance(s, Session)
+        owner = s.get(User, dep.owner_id)
+        if owner is None:
+            return 0
+        others = sum(i.gpus for i in store.quota_items(s, dep.owner_id, exclude=dep.id))
+        return max(0, (owner.gpu_limit - others) // num_gpus)
+
+    # ---- SignalSource -----------------------------------------------------------------------
+    def signals(self, deploy_id: str) -> LoadSignals:
+        g = self._gw(deploy_id)
+        reps = [o for o in self._observed() if o.deploy_id == deploy_id]
+        return LoadSignals(
+            in_flight=g.in_flight,
+            queued=g.queued,
+            engine_running=sum(o.running or 0 for o in reps),
+            engine_waiting=sum(o.waiting or 0 for o in reps),
+            held_cold=g.held,
+        )
+
+    # ---- ScaleTarget ------------------------------------------------------------------------
+    def set_desired(self, deploy_id: str, desired: int, decision: ScalingDecision) -> None:
+        changed = False
+        with self.services.db.session() as s:
+            dep = s.get(Deployment, deploy_id)
+            if dep is None or dep.desired_state != DesiredState.RUNNING.value:
+                return
+            if dep.desired_replicas != desired:
+                store.add_event(
+                    s,
+                    deploy_id,
+                    "scale",
+                    f"{decision.reason}",
+                    {"from": dep.desired_replicas, "to": desired, "capped_by": decision.capped_by},
+                )
+                dep.desired_replicas = desired
+                changed = True
+            dep.scale_reason = decision.reason
+        if changed:
+            self.services.notify()
+
+
+def monotonic_now() -> float:
+    """The autoscaler's clock: the same monotonic clock the gateway stamps requests with."""
+    return time.monotonic()

@@ -1,0 +1,311 @@
+"""Table tests of the autoscaling policy (modelhost.autoscaler.policy.decide)."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import pytest
+
+from modelhost.autoscaler.policy import (
+    LoadSignals,
+    PolicyState,
+    ScalingContext,
+    ScalingDecision,
+    decide,
+    replicas_for,
+    window_mean,
+)
+from modelhost.domain.autoscaling import AutoscalingSettings
+
+# max_batch_size 10 at threshold 0.8 makes the per-replica target 8, as in the issue's example.
+BATCH = 10
+SETTINGS = AutoscalingSettings(
+    min_instances=1,
+    max_instances=8,
+    scale_up_threshold=0.8,
+    headroom_stddevs=0.0,
+    stable_window_s=60.0,
+    panic_window_s=6.0,
+    panic_threshold=1.2,
+    cooldown_s=60.0,
+    idle_to_zero_s=300.0,
+)
+
+
+def ctx(
+    now: float,
+    demand: int = 0,
+    *,
+    current: int = 1,
+    ready: int | None = None,
+    settings: AutoscalingSettings = SETTINGS,
+    queued: int = 0,
+    held: int = 0,
+    placeable: int = 64,
+    limit: str = "capacity",
+    last_request_at: float | None = 0.0,
+) -> ScalingContext:
+    return ScalingContext(
+        now=now,
+        settings=settings,
+        max_batch_size=BATCH,
+        current_replicas=current,
+        ready_replicas=current if ready is None else ready,
+        signals=LoadSignals(in_flight=demand, queued=queued, held_cold=held),
+        placeable_max=placeable,
+        last_request_at=last_request_at,
+        placeable_limit=limit,
+    )
+
+
+@dataclass
+class Driver:
+    """Runs the policy in closed loop: replicas appear (ready) as soon as they are desired, and
+    any demand counts as a request arriving at that tick."""
+
+    settings: AutoscalingSettings = SETTINGS
+    state: PolicyState = field(default_factory=PolicyState)
+    replicas: int = 1
+    now: float = 0.0
+    last_request_at: float | None = 0.0
+
+    def step(self, demand: int) -> ScalingDecision:
+        self.now += 2.0
+        if demand:
+            self.last_request_at = self.now
+        context = ctx(
+            self.now,
+            demand,
+            current=self.replicas,
+            settings=self.settings,
+            last_request_at=self.last_request_at,
+        )
+        decision, self.state = decide(context, self.state)
+        self.replicas = decision.desired
+        return decision
+
+    def run(self, demands: Sequence[int]) -> list[int]:
+        return [self.step(d).desired for d in demands]
+
+
+def test_replicas_for_is_sqrt_staffing() -> None:
+    assert replicas_for(0, 8, 1.5) == 0
+    assert replicas_for(16, 8, 0.0) == 2  # an exact fit does not round up
+    assert replicas_for(16, 8, 1.0) == 3  # 16 + 4 = 20 slots
+    assert replicas_for(0.1, 8, 0.0) == 1
+
+
+def test_window_mean_only_counts_the_window() -> None:
+    samples = [(0.0, 100.0), (50.0, 10.0), (58.0, 20.0)]
+    assert window_mean(samples, 60.0, 30.0) == 15.0
+    assert window_mean([], 60.0, 30.0) == 0.0
+
+
+def test_reason_names_the_inputs() -> None:
+    decision, _ = decide(ctx(2.0, 3, queued=12), PolicyState(last_desired=1))
+    assert decision.desired == 2
+    assert decision.reason.startswith("3 in flight + 12 queued over 1 replica at target 8")
+    assert "→ 2 replicas" in decision.reason
+
+
+def test_steady_load_sizes_to_target() -> None:
+    driver = Driver()
+    desired = driver.run([20] * 40)
+    assert desired[-1] == 3  # 20 / 8 -> 3
+    assert max(desired) == 3
+
+
+def test_burst_scales_up_at_once_in_panic() -> None:
+    driver = Driver()
+    driver.run([4] * 30)
+    decision = driver.step(60)  # short window (4 + 4 + 60) / 3 = 22.7 >= 1.2 * 8
+    assert decision.panicking
+    assert decision.desired == 3
+    driver.step(60)
+    decision = driver.step(60)
+    # A whole panic window into the burst: straight to what it needs, 60 / 8 -> 8, while the
+    # stable window (mostly the quiet minute before) would still say 2.
+    assert decision.panicking
+    assert decision.desired == 8
+
+
+@pytest.mark.parametrize("demand_after", [0, 1, 4])
+def test_panic_never_scales_down(demand_after: int) -> None:
+    settings = replace(SETTINGS, cooldown_s=0.0)
+    state = PolicyState(last_desired=2, samples=((0.0, 2.0),))
+    # A burst puts it in panic at t=2.
+    decision, state = decide(ctx(2.0, 40, current=2, settings=settings), state)
+    assert decision.panicking
+    high = decision.desired
+    # Within the panic window the demand collapses; it must hold, not scale down.
+    decision, state = decide(ctx(4.0, demand_after, current=high, settings=settings), state)
+    assert decision.panicking
+    assert decision.desired == high
+
+
+def test_flapping_signal_does_not_flap_replicas() -> None:
+    driver = Driver()
+    driver.run([12] * 40)  # settle
+    desired = driver.run([4, 20] * 60)  # alternates every decision around an average of 12
+    changes = sum(1 for a, b in itertools.pairwise(desired) if a != b)
+    assert changes == 0
+    assert desired[-1] == 2
+
+
+def test_scale_down_waits_for_cooldown_then_follows_the_stable_window() -> None:
+    driver = Driver()
+    driver.run([40] * 40)
+    assert driver.replicas == 5
+    up_at = driver.state.last_scale_up_at
+    assert up_at is not None
+    desired: list[int] = []
+    times: list[float] = []
+    for _ in range(60):
+        desired.append(driver.step(8).desired)
+        times.append(driver.now)
+    first_down = next(t for t, d in zip(times, desired, strict=True) if d < 5)
+    assert first_down - up_at >= SETTINGS.cooldown_s
+    assert desired[-1] == 1
+    # Monotone on the way down: no scale-up while load is flat.
+    assert all(b <= a for a, b in itertools.pairwise(desired))
+
+
+def test_cooldown_counts_from_the_latest_scale_up() -> None:
+    state = PolicyState(last_desired=4, last_scale_up_at=100.0, first_seen_at=0.0)
+    decision, _ = decide(ctx(130.0, 0, current=4), state)
+    assert decision.desired == 4
+    assert "cooldown" in decision.reason
+    decision, _ = decide(ctx(161.0, 0, current=4), state)
+    assert decision.desired == 1
+
+
+def test_fresh_state_does_not_scale_down_on_a_half_empty_window() -> None:
+    # After an autoscaler restart it has one sample; it must not drop 4 busy replicas to 1.
+    decision, state = decide(ctx(1000.0, 2, current=4), PolicyState())
+    assert decision.desired == 4
+    decision, _ = decide(ctx(1061.0, 2, current=4), state)
+    assert decision.desired == 1
+
+
+def test_idle_goes_to_zero_only_with_min_zero_after_idle_period() -> None:
+    settings = replace(SETTINGS, min_instances=0, idle_to_zero_s=120.0)
+    driver = Driver(settings=settings)
+    driver.run([5] * 40)  # last request at t=80
+    last = driver.now
+    desired = driver.run([0] * 100)
+    times = [last + 2.0 * (i + 1) for i in range(100)]
+    zero_at = next(t for t, d in zip(times, desired, strict=True) if d == 0)
+    assert zero_at - last >= 120.0
+    assert zero_at - last <= 124.0
+    assert desired[-1] == 0
+
+    kept = Driver(settings=replace(settings, min_instances=1))
+    kept.run([5] * 40)
+    assert kept.run([0] * 100)[-1] == 1
+
+
+def test_never_used_deployment_with_min_zero_goes_to_standby() -> None:
+    settings = replace(SETTINGS, min_instances=0, idle_to_zero_s=60.0)
+    state = PolicyState()
+    desired = []
+    for i in range(40):
+        decision, state = decide(
+            ctx(2.0 * i, 0, current=1, settings=settings, last_request_at=None), state
+        )
+        desired.append(decision.desired)
+    assert desired[0] == 1
+    assert desired[-1] == 0
+
+
+def test_in_flight_work_blocks_scale_to_zero() -> None:
+    settings = replace(SETTINGS, min_instances=0, idle_to_zero_s=10.0, cooldown_s=0.0)
+    state = PolicyState(last_desired=1, first_seen_at=-1000.0)
+    # A 5-minute stream: no new request for 300 s, but one is still in flight.
+    decision, _ = decide(ctx(300.0, 1, settings=settings, last_request_at=0.0), state)
+    assert decision.desired == 1
+
+
+@pytest.mark.parametrize(
+    ("held", "queued", "expected"),
+    [(1, 0, 1), (0, 3, 1), (50, 0, 7)],
+)
+def test_cold_request_with_zero_replicas_starts_at_once(
+    held: int, queued: int, expected: int
+) -> None:
+    settings = replace(SETTINGS, min_instances=0)
+    # Scaled to zero a moment ago (cooldown active): held work still starts replicas now.
+    state = PolicyState(last_desired=0, last_scale_up_at=0.0, first_seen_at=0.0)
+    decision, _ = decide(
+        ctx(10.0, 0, current=0, settings=settings, held=held, queued=queued), state
+    )
+    assert decision.desired == expected
+
+
+def test_bounds_clamp_and_say_so() -> None:
+    settings = replace(SETTINGS, min_instances=2, max_instances=3)
+    decision, _ = decide(ctx(2.0, 0, current=2, settings=settings), PolicyState())
+    assert decision.desired == 2
+    decision, _ = decide(ctx(2.0, 200, current=2, settings=settings), PolicyState())
+    assert decision.desired == 3
+    assert "max_instances 3" in decision.reason
+
+
+@pytest.mark.parametrize("limit", ["capacity", "quota"])
+def test_placeable_max_caps_and_reports(limit: str) -> None:
+    decision, _ = decide(ctx(2.0, 200, current=1, placeable=3, limit=limit), PolicyState())
+    assert decision.desired == 3
+    assert decision.capped_by == limit
+    assert f"only 3 placeable ({limit})" in decision.reason
+
+
+def test_placeable_zero_with_held_request_stays_zero_and_says_why() -> None:
+    settings = replace(SETTINGS, min_instances=0)
+    decision, _ = decide(
+        ctx(2.0, 0, current=0, held=5, placeable=0, settings=settings), PolicyState()
+    )
+    assert decision.desired == 0
+    assert decision.capped_by == "capacity"
+
+
+def test_uncapped_decision_has_no_capped_by() -> None:
+    decision, _ = decide(ctx(2.0, 10, current=1, placeable=3), PolicyState())
+    assert decision.capped_by is None
+
+
+def test_live_setting_changes_apply_at_next_decision() -> None:
+    driver = Driver()
+    driver.run([20] * 40)
+    assert driver.replicas == 3
+    # Raise the target: fewer replicas for the same load (after cooldown, which has passed).
+    driver.settings = replace(SETTINGS, scale_up_threshold=1.0)
+    assert driver.step(20).desired == 2
+    # Lower max below the current count: applies at once, cooldown or not.
+    driver.settings = replace(driver.settings, max_instances=1)
+    assert driver.step(20).desired == 1
+    # Raise min: scales up at once.
+    driver.settings = replace(driver.settings, min_instances=4, max_instances=6)
+    assert driver.step(20).desired == 4
+    # Shrink the stable window: the state's older samples are dropped, nothing breaks.
+    driver.settings = replace(driver.settings, stable_window_s=10.0, panic_window_s=2.0)
+    assert driver.step(20).desired == 4
+    assert all(t > driver.now - 10.0 for t, _ in driver.state.samples)
+
+
+def test_engine_counts_count_when_larger_than_the_gateway() -> None:
+    context = replace(
+        ctx(2.0, 0), signals=LoadSignals(in_flight=2, engine_running=20, engine_waiting=10)
+    )
+    decision, _ = decide(context, PolicyState())
+    assert decision.desired == 4  # 30 / 8
+    assert "engines: 20 running + 10 waiting" in decision.reason
+
+
+def test_decide_is_pure() -> None:
+    state = PolicyState(samples=((0.0, 5.0),), last_desired=1)
+    context = ctx(2.0, 30)
+    first = decide(context, state)
+    second = decide(context, state)
+    assert first == second
+    assert state == PolicyState(samples=((0.0, 5.0),), last_desired=1)
