@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
@@ -154,3 +155,36 @@ def test_a_port_in_use_is_a_fatal_start() -> None:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=START_DEADLINE_S)
     assert done.returncode == 3
     assert f"modelhost-fatal: cannot listen on 127.0.0.1:{port}" in done.stderr
+
+
+def test_a_client_that_goes_away_frees_its_slot(tmp_path: Path, engines: list[Engine]) -> None:
+    eng = Engine(tmp_path, "--startup-s", "0")  # --max-batch-size 4
+    engines.append(eng)
+    eng.wait_health(200)
+
+    def stats() -> tuple[int, int]:
+        s = httpx.get(f"{eng.url}/stats", timeout=5).json()
+        return s["running"], s["waiting"]
+
+    def wait_for(want: tuple[int, int]) -> None:
+        deadline = time.monotonic() + START_DEADLINE_S
+        while stats() != want:
+            assert time.monotonic() < deadline, f"stats stuck at {stats()}, wanted {want}"
+            time.sleep(0.02)
+
+    def raw_request(body: dict[str, object]) -> socket.socket:
+        data = json.dumps(body).encode()
+        sock = socket.create_connection(("127.0.0.1", eng.port))
+        head = f"POST /v1/completions HTTP/1.1\r\nHost: e\r\nContent-Length: {len(data)}\r\n\r\n"
+        sock.sendall(head.encode() + data)
+        return sock
+
+    long = {"prompt": "x", "max_tokens": 4000}
+    socks = [raw_request({**long, "stream": True}) for _ in range(4)]
+    socks.append(raw_request(long))  # the fifth waits for a batch slot
+    wait_for((4, 1))
+    socks.pop().close()  # gone while queued
+    wait_for((4, 0))
+    for s in socks:
+        s.close()  # gone mid-stream
+    wait_for((0, 0))
