@@ -65,18 +65,6 @@ def _since_param(since: SinceT) -> str:
     return str(since.timestamp()) if isinstance(since, datetime) else str(since)
 
 
-def _log_entry(raw: str) -> LogEntry | None:
-    """One line of the follow stream: JSON `{"ts","replica","line"}`; plain text is kept as is."""
-    text = raw.rstrip("\r\n")
-    if not text.strip():
-        return None  # keep-alive
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError:
-        return LogEntry(line=text)
-    return LogEntry.model_validate(obj) if isinstance(obj, dict) else LogEntry(line=text)
-
-
 class Client:
     """Synchronous client. `transport` replaces the network layer (e.g. `httpx.MockTransport`
     in unit tests, or `httpx.HTTPTransport(retries=3)`); httpx.ASGITransport is async-only, so to
@@ -118,9 +106,12 @@ class Client:
 
     def _connection_error(self, exc: httpx.TransportError) -> ModelhostConnectionError:
         detail = str(exc) or type(exc).__name__
-        if isinstance(exc, httpx.ConnectError):
-            detail = f"connection failed ({detail}); is `modelhost serve` running there?"
-        return ModelhostConnectionError(self.base_url, detail)
+        if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+            return ModelhostConnectionError(
+                self.base_url, f"{detail}; is `modelhost serve` running there?"
+            )
+        # Timeouts and connections dropped mid-response: the server was there.
+        return ModelhostConnectionError(self.base_url, detail, connected=True)
 
     def _request(
         self,
@@ -335,7 +326,7 @@ class Client:
         if body is None:
             return []
         if isinstance(body, str):
-            entries = (_log_entry(line) for line in body.splitlines())
+            entries = (LogEntry.from_line(line) for line in body.splitlines())
             return [e for e in entries if e is not None]
         raw = _unwrap_list(body, "entries", "logs", "lines", "data")
         return [
@@ -355,7 +346,7 @@ class Client:
         params = self._log_params(replica, since, limit, True)
         with self._stream("GET", f"/deploy/{deploy_id}/logs", params=params) as resp:
             for raw in resp.iter_lines():
-                entry = _log_entry(raw)
+                entry = LogEntry.from_line(raw)
                 if entry is not None:
                     yield entry
 

@@ -60,8 +60,13 @@ class ModelhostAPIError(ModelhostError):
 class ModelhostConnectionError(ModelhostError):
     """The server could not be reached (refused, DNS, TLS, reset, or a transport timeout)."""
 
-    def __init__(self, url: str, detail: str) -> None:
-        super().__init__(f"cannot reach modelhost at {url}: {detail}")
+    def __init__(self, url: str, detail: str, *, connected: bool = False) -> None:
+        where = (
+            f"connection to modelhost at {url} failed"
+            if connected
+            else (f"cannot reach modelhost at {url}")
+        )
+        super().__init__(f"{where}: {detail}")
         self.url = url
         self.detail = detail
 

@@ -7,6 +7,7 @@ show whatever a server sends (e.g. the deploy object's `autoscaling` details).
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
@@ -118,6 +119,19 @@ class LogEntry(_Obj):
             return TypeAdapter(datetime | None).validate_python(value)
         except ValidationError:
             return None
+
+    @classmethod
+    def from_line(cls, raw: str) -> LogEntry | None:
+        """One line of the follow stream: JSON `{"ts","replica","line"}`; plain text is kept as
+        the line; a blank line (keep-alive) is None."""
+        text = raw.rstrip("\r\n")
+        if not text.strip():
+            return None
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError:
+            return cls(line=text)
+        return cls.model_validate(obj) if isinstance(obj, dict) else cls(line=text)
 
 
 class GpuType(_Obj):

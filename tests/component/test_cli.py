@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _live_server import LiveServer, modelhost_server
 from typer.testing import CliRunner, Result
 
 from modelhost import Client
 from modelhost.cli.main import app
+from tests.component._live_server import LiveServer, modelhost_server
 
 _names = (f"cli-{i}" for i in itertools.count())
 

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _live_server import LiveServer, modelhost_server
 
 from modelhost import Client, ModelhostAPIError, ModelhostConnectionError
+from tests.component._live_server import LiveServer, modelhost_server
 
 _names = (f"sdk-{i}" for i in itertools.count())
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, MutableMapping
 from typing import Any
 
 import httpx
@@ -612,7 +612,7 @@ class RawCall:
     """Drives the ASGI app by hand so a test can disconnect the client at a chosen moment."""
 
     def __init__(self, app: FastAPI, path: str, body: dict[str, Any]) -> None:
-        self.sent: list[dict[str, Any]] = []
+        self.sent: list[MutableMapping[str, Any]] = []
         self.first_body = asyncio.Event()
         self._gone = asyncio.Event()
         self._body = json.dumps(body).encode()
@@ -626,7 +626,7 @@ class RawCall:
         await self._gone.wait()
         return {"type": "http.disconnect"}
 
-    async def _send(self, message: dict[str, Any]) -> None:
+    async def _send(self, message: MutableMapping[str, Any]) -> None:
         self.sent.append(message)
         if message["type"] == "http.response.body" and message.get("body"):
             self.first_body.set()

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from openai.types import Completion
 
 pytestmark = pytest.mark.e2e
 
@@ -103,13 +104,13 @@ def test_serves_openai_streams_and_drains_on_sigterm(tmp_path: Path, engines: li
         stream=True,
         stream_options={"include_usage": True},
     )
-    chunks = []
+    done_chunks: list[Completion] = []
     for chunk in long:
-        if not chunks:
+        if not done_chunks:
             eng.proc.send_signal(signal.SIGTERM)
-        chunks.append(chunk)
-    assert chunks[-2].choices[0].finish_reason == "length"
-    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 150
+        done_chunks.append(chunk)
+    assert done_chunks[-2].choices[0].finish_reason == "length"
+    assert done_chunks[-1].usage is not None and done_chunks[-1].usage.completion_tokens == 150
     assert eng.wait_exit() == 0, eng.stderr()
     assert "modelhost-fatal" not in eng.stderr()
 

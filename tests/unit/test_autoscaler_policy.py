@@ -29,6 +29,7 @@ SETTINGS = AutoscalingSettings(
     stable_window_s=60.0,
     panic_window_s=6.0,
     panic_threshold=1.2,
+    panic_headroom=1.0,
     cooldown_s=60.0,
     idle_to_zero_s=300.0,
 )
@@ -129,6 +130,14 @@ def test_burst_scales_up_at_once_in_panic() -> None:
     # stable window (mostly the quiet minute before) would still say 2.
     assert decision.panicking
     assert decision.desired == 8
+
+
+def test_panic_headroom_sizes_bursts_for_growth() -> None:
+    settings = replace(SETTINGS, panic_headroom=1.5)
+    state = PolicyState(last_desired=1, samples=((-2.0, 40.0), (-4.0, 40.0)))
+    decision, _ = decide(ctx(0.0, 40, settings=settings), state)
+    assert decision.panicking
+    assert decision.desired == 8  # 40 * 1.5 / 8 -> 7.5 -> 8, where 40 / 8 alone gives 5
 
 
 @pytest.mark.parametrize("demand_after", [0, 1, 4])

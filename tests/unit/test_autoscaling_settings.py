@@ -60,6 +60,7 @@ def test_ints_accepted_for_float_knobs() -> None:
         ({"cooldown_s": math.inf}, "cooldown_s"),
         ({"cooldown_s": math.nan}, "cooldown_s"),
         ({"panic_threshold": 0.5}, "panic_threshold"),
+        ({"panic_headroom": 0.9}, "panic_headroom"),
         ({"stable_window_s": 0}, "stable_window_s"),
         ({"headroom_stddevs": -1}, "headroom_stddevs"),
         ({"idle_to_zero_s": "soon"}, "idle_to_zero_s"),

@@ -4,7 +4,7 @@ request shapes, error parsing, response unwrapping, streams."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
 import httpx
@@ -327,3 +327,21 @@ def test_openai_client_points_at_the_openai_routes() -> None:
     oa = _client(lambda req: httpx.Response(200)).openai()
     assert str(oa.base_url).rstrip("/") == "http://mh.test/v1/openai"
     assert oa.api_key == "mh_tok"
+
+
+class _BrokenStream(httpx.SyncByteStream):
+    """Sends one SSE event, then the connection drops."""
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield (_chunk("par") + "\n\n").encode()
+        raise httpx.RemoteProtocolError("peer closed connection without sending complete body")
+
+
+def test_a_dropped_stream_is_an_error_not_a_short_answer() -> None:
+    c = _client(lambda req: httpx.Response(200, stream=_BrokenStream()))
+    got: list[str] = []
+    with pytest.raises(ModelhostConnectionError) as info:
+        for delta in c.chat_stream("alice/tiny", [{"role": "user", "content": "hi"}]):
+            got.append(delta.content)
+    assert got == ["par"]
+    assert str(info.value).startswith("connection to modelhost at http://mh.test failed")

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from modelhost import __version__
-from modelhost.api import errors, routes_deploy, routes_observe, routes_users
+from modelhost.api import errors, routes_adapters, routes_deploy, routes_observe, routes_users
 from modelhost.api.bootstrap import bootstrap_admin
 from modelhost.config import Settings
 from modelhost.control import ControlLoops
@@ -65,6 +65,7 @@ def create_app(
     app.include_router(routes_users.router)
     app.include_router(routes_observe.router)
     app.include_router(routes_deploy.router)
+    app.include_router(routes_adapters.router)
     app.include_router(gateway_routes.router)
 
     @app.get("/healthz", include_in_schema=False)

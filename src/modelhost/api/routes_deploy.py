@@ -23,6 +23,7 @@ from modelhost.domain.status import DeploymentStatus, DesiredState
 from modelhost.errors import Conflict, QuotaExceeded, ValidationFailed
 from modelhost.security.tokens import new_id
 from modelhost.services import Services
+from modelhost.store import adapters as adapters_store
 from modelhost.store import deployments as store
 from modelhost.store.clock import utcnow
 from modelhost.store.tables import Deployment
@@ -139,9 +140,9 @@ def create_llm(body: CreateLLM, who: PrincipalDep, services: ServicesDep) -> dic
     settings = _settings(body.settings, None)
     now = utcnow()
     with services.db.session() as s:
-        if store.name_taken(s, who.user_id, body.model_name):
+        if adapters_store.name_taken(s, who.user_id, body.model_name):
             raise Conflict(
-                f"you already have a deployment named {body.model_name!r}",
+                f"you already have a deployment or adapter named {body.model_name!r}",
                 param="model_name",
                 code="name_in_use",
             )
@@ -161,6 +162,8 @@ def create_llm(body: CreateLLM, who: PrincipalDep, services: ServicesDep) -> dic
                 "engine": body.engine,
                 "engine_args": [*body.engine_args, *(body.extra_args or [])],
                 "weights": weights,
+                "preloaded_adapters": list(body.preloaded_adapters),
+                "max_active_adapters": body.max_active_adapters,
             },
             settings=settings.to_dict(),
             hf_token_enc=services.secrets.encrypt(token) if token else None,
@@ -247,6 +250,10 @@ def _apply_config(dep: Deployment, body: UpdateDeployment, services: Services) -
         config["max_batch_size"] = cfg.max_batch_size
     if cfg.engine_args is not None:
         config["engine_args"] = list(cfg.engine_args)
+    if cfg.preloaded_adapters is not None:
+        config["preloaded_adapters"] = list(cfg.preloaded_adapters)
+    if cfg.max_active_adapters is not None:
+        config["max_active_adapters"] = cfg.max_active_adapters
     if cfg.hf is not None:
         weights = dict(config.get("weights", {}))
         if "hf" not in weights:
@@ -276,6 +283,8 @@ def delete_deployment(deploy_id: str, who: PrincipalDep, services: ServicesDep) 
         dep.deleted_at = now
         dep.updated_at = now
         store.add_event(s, dep.id, "deleted", "deployment deleted; replicas drain, then stop")
+        for adapter in adapters_store.on_base(s, dep.id):
+            adapter.deleted_at = now
     services.notify()
     return {"deploy_id": deploy_id}
 

@@ -47,6 +47,10 @@ class CreateLLM(_Strict):
     container_image: None = None
     settings: dict[str, Any] | None = None
     public: bool = False
+    # Multi-LoRA: adapters (`<username>/<name>` or your own bare names) loaded at replica start,
+    # and how many may be resident per replica at once.
+    preloaded_adapters: list[str] = Field(default_factory=list, max_length=1024)
+    max_active_adapters: int = Field(default=64, ge=1, le=1024)
 
 
 class HFUpdate(_Strict):
@@ -58,6 +62,8 @@ class ConfigUpdate(_Strict):
     max_batch_size: int | None = Field(default=None, ge=1, le=256)
     engine_args: list[str] | None = Field(default=None, max_length=64)
     hf: HFUpdate | None = None
+    preloaded_adapters: list[str] | None = Field(default=None, max_length=1024)
+    max_active_adapters: int | None = Field(default=None, ge=1, le=1024)
 
 
 class UpdateDeployment(_Strict):

@@ -14,8 +14,9 @@ therefore grows with sqrt(demand) (`headroom_stddevs`) on top of a per-replica t
 
 Two windows: the stable window's average sets the steady-state count; the short panic window
 detects bursts. When the short window's demand reaches `panic_threshold` times the ready
-replicas' target capacity, the policy scales straight to what the burst needs and does not scale
-down until the burst has passed for a whole panic window. Scale-down waits `cooldown_s` after the
+replicas' target capacity, the policy scales straight to what the burst needs (times
+`panic_headroom`, as the burst keeps growing while replicas start) and does not scale down until
+the burst has passed for a whole panic window. Scale-down waits `cooldown_s` after the
 last scale-up; scale to zero (only with `min_instances == 0`) waits `idle_to_zero_s` without a
 request and nothing in flight. Bounds, then capacity/quota (`placeable_max`), apply last.
 """
@@ -167,7 +168,10 @@ def decide(context: ScalingContext, state: PolicyState) -> tuple[ScalingDecision
 
     per_replica = context.max_batch_size * settings.scale_up_threshold
     stable_want = replicas_for(stable, per_replica, settings.headroom_stddevs)
-    burst_want = replicas_for(burst, per_replica, settings.headroom_stddevs)
+    # A burst is sized with margin for its growth while the new replicas start.
+    burst_want = replicas_for(
+        burst * settings.panic_headroom, per_replica, settings.headroom_stddevs
+    )
     previous = state.last_desired if state.last_desired is not None else context.current_replicas
     first_seen = state.first_seen_at if state.first_seen_at is not None else now
     notes: list[str] = []

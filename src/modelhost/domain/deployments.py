@@ -13,6 +13,10 @@ CPU = "CPU"
 MAX_NUM_GPUS = 8
 MAX_BATCH_SIZE = 256
 DEFAULT_MAX_BATCH_SIZE = 96
+# Adapters resident per replica at once (LRU beyond that). LoRAX defaults to 1024 on GPUs; a
+# rank-16 adapter of a 7B model is ~40 MB, so 64 keeps adapter memory small next to the KV cache.
+DEFAULT_MAX_ACTIVE_ADAPTERS = 64
+MAX_ACTIVE_ADAPTERS = 1024
 
 
 def resolve_engine(engine: str, has_weights: bool) -> str:

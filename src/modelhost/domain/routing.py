@@ -12,3 +12,5 @@ class ReplicaEndpoint:
     url: str  # http://127.0.0.1:PORT
     max_batch_size: int
     generation: int
+    # How many LoRA adapters the replica keeps resident (its LRU size).
+    max_active_adapters: int = 64

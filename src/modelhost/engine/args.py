@@ -28,6 +28,11 @@ class EngineArgs:
     weights_hf_revision: str | None = None
     # Devices this replica may use: "cpu", or "cuda" (CUDA_VISIBLE_DEVICES narrows which).
     device: str = "cpu"
+    # Multi-LoRA: adapters live in <adapter_dir>/<adapter_id>/ (adapter_config.json +
+    # adapter_model.safetensors); at most max_active_adapters are resident at once.
+    adapter_dir: str | None = None
+    max_active_adapters: int = 32
+    preload_adapters: tuple[str, ...] = ()
     extra: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -42,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights-hf-repo")
     p.add_argument("--weights-hf-revision")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--adapter-dir")
+    p.add_argument("--max-active-adapters", type=int, default=32)
+    p.add_argument("--preload-adapter", action="append", default=[])
     return p
 
 
@@ -57,5 +65,8 @@ def parse(argv: list[str]) -> EngineArgs:
         weights_hf_repo=ns.weights_hf_repo,
         weights_hf_revision=ns.weights_hf_revision,
         device=ns.device,
+        adapter_dir=ns.adapter_dir,
+        max_active_adapters=ns.max_active_adapters,
+        preload_adapters=tuple(ns.preload_adapter),
         extra=tuple(extra),
     )

@@ -15,6 +15,7 @@ from modelhost.config import Settings
 from modelhost.domain.routing import ReplicaEndpoint
 from modelhost.gateway.pool import DeploymentPool, PoolLimits
 from modelhost.gateway.proxy import ForwardResult
+from modelhost.gateway.resolve import Target
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
 
@@ -46,6 +47,12 @@ class Gateway:
             "modelhost_requests",
             "Inference requests by deployment and HTTP status",
             ["deployment", "status"],
+            registry=registry,
+        )
+        self.adapter_requests = Counter(
+            "modelhost_adapter_requests",
+            "Inference requests per LoRA adapter",
+            ["deployment", "adapter"],
             registry=registry,
         )
         self.latency = Histogram(
@@ -108,8 +115,11 @@ class Gateway:
         pool = self._pools.get(deploy_id)
         return pool.outstanding_on(replica_id) if pool else 0
 
-    def record(self, deploy_id: str, result: ForwardResult) -> None:
+    def record(self, target: Target, result: ForwardResult) -> None:
+        deploy_id = target.deploy_id
         self.requests.labels(deploy_id, str(result.status)).inc()
+        if target.adapter_name:
+            self.adapter_requests.labels(deploy_id, target.adapter_name).inc()
         if result.first_byte_s is not None:
             self.latency.labels(deploy_id).observe(result.first_byte_s)
             if result.cold:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -25,6 +25,18 @@ class _Slot:
     endpoint: ReplicaEndpoint
     outstanding: int = 0
     routable: bool = True
+    # The adapters this replica most likely holds: the last ones sent to it, in LRU order,
+    # mirroring the engine's own LRU of max_active_adapters.
+    adapters: OrderedDict[str, None] = field(default_factory=OrderedDict)
+
+    def holds(self, adapter_id: str) -> bool:
+        return adapter_id in self.adapters
+
+    def touch(self, adapter_id: str) -> None:
+        self.adapters[adapter_id] = None
+        self.adapters.move_to_end(adapter_id)
+        while len(self.adapters) > self.endpoint.max_active_adapters:
+            self.adapters.popitem(last=False)
 
 
 @dataclass
@@ -43,6 +55,7 @@ class _Waiter:
     future: asyncio.Future[Lease]
     enqueued_at: float
     cold: bool
+    adapter_id: str | None
 
 
 @dataclass
@@ -121,27 +134,38 @@ class DeploymentPool:
     def queue_limit(self) -> int:
         return max(self.limits.queue_min, int(self.limits.queue_factor * self._capacity()))
 
-    def _pick(self) -> _Slot | None:
+    def _pick(self, adapter_id: str | None) -> _Slot | None:
+        """Least outstanding among replicas with room, preferring for an adapter request the
+        replicas that already hold the adapter. When those are full the request goes to the
+        least loaded other replica, which loads it: hot adapters spread over replicas."""
         best: _Slot | None = None
         for slot in self._ready_slots():
             if slot.outstanding >= slot.endpoint.max_batch_size:
                 continue
-            if best is None or slot.outstanding < best.outstanding:
+            if best is None or self._better(slot, best, adapter_id):
                 best = slot
         return best
 
-    def _lease(self, slot: _Slot, queued_s: float, cold: bool) -> Lease:
+    @staticmethod
+    def _better(a: _Slot, b: _Slot, adapter_id: str | None) -> bool:
+        if adapter_id is not None and a.holds(adapter_id) != b.holds(adapter_id):
+            return a.holds(adapter_id)
+        return a.outstanding < b.outstanding
+
+    def _lease(self, slot: _Slot, queued_s: float, cold: bool, adapter_id: str | None) -> Lease:
         slot.outstanding += 1
+        if adapter_id is not None:
+            slot.touch(adapter_id)
         return Lease(slot.endpoint, slot, queued_s, cold)
 
-    async def acquire(self) -> Lease:
+    async def acquire(self, adapter_id: str | None = None) -> Lease:
         now = self.clock()
         self.last_request_at = now
         self.last_request_wall = time.time()
         if not self._waiters:
-            slot = self._pick()
+            slot = self._pick(adapter_id)
             if slot is not None:
-                return self._lease(slot, 0.0, cold=False)
+                return self._lease(slot, 0.0, False, adapter_id)
         if len(self._waiters) >= self.queue_limit():
             raise QueueFull(
                 f"deployment {self.deploy_id} is at capacity: {self.in_flight} requests running "
@@ -150,7 +174,7 @@ class DeploymentPool:
             )
         cold = not self._ready_slots()
         loop = asyncio.get_running_loop()
-        waiter = _Waiter(loop.create_future(), now, cold)
+        waiter = _Waiter(loop.create_future(), now, cold, adapter_id)
         self._waiters.append(waiter)
         if cold:
             self.on_demand(self.deploy_id)
@@ -197,9 +221,10 @@ class DeploymentPool:
             if waiter.future.done():
                 self._waiters.popleft()
                 continue
-            slot = self._pick()
+            slot = self._pick(waiter.adapter_id)
             if slot is None:
                 return
             self._waiters.popleft()
-            lease = self._lease(slot, self.clock() - waiter.enqueued_at, waiter.cold)
+            queued_s = self.clock() - waiter.enqueued_at
+            lease = self._lease(slot, queued_s, waiter.cold, waiter.adapter_id)
             waiter.future.set_result(lease)

@@ -28,6 +28,18 @@ DISCONNECT_POLL_S = 0.25
 CONNECT_ATTEMPTS = 3
 
 
+@dataclass(frozen=True)
+class Upstream:
+    """Where a request goes: the path on the replica, the body, and the adapter (the engine's
+    id, sent as the `x-adapter-id` header; the user-facing name comes back in the response)."""
+
+    path: str
+    body: bytes
+    stream: bool
+    adapter_id: str | None = None
+    adapter_name: str | None = None
+
+
 @dataclass
 class ForwardResult:
     """What metering and metrics need to know about one forwarded request."""
@@ -80,12 +92,13 @@ async def _connect(
     path: str,
     body: bytes,
     headers: dict[str, str],
+    adapter_id: str | None,
 ) -> tuple[Lease, httpx.Response]:
     """Acquire a replica and open the upstream request; a replica that refuses the connection
     (it just died, or is shutting down) is skipped and the request tries another."""
     last: Exception | None = None
     for _ in range(CONNECT_ATTEMPTS):
-        lease = await pool.acquire()
+        lease = await pool.acquire(adapter_id)
         try:
             req = client.build_request(
                 "POST", lease.endpoint.url + path, content=body, headers=headers
@@ -105,9 +118,7 @@ async def forward(
     request: Request,
     client: httpx.AsyncClient,
     pool: DeploymentPool,
-    path: str,
-    body: bytes,
-    stream: bool,
+    up: Upstream,
     style: Style,
     timeout_s: float,
     on_done: Callable[[ForwardResult], None],
@@ -115,14 +126,20 @@ async def forward(
     started = time.monotonic()
     result = ForwardResult()
     headers = {"content-type": "application/json"}
-    lease, upstream = await until_disconnect(request, _connect(client, pool, path, body, headers))
+    if up.adapter_id:
+        headers["x-adapter-id"] = up.adapter_id
+    lease, upstream = await until_disconnect(
+        request, _connect(client, pool, up.path, up.body, headers, up.adapter_id)
+    )
     result.cold, result.queued_s = lease.cold, lease.queued_s
     result.replica_id = lease.endpoint.replica_id
     extra = {
         "x-replica": lease.endpoint.replica_id,
         "x-queue-time": f"{lease.queued_s:.4f}",
     }
-    if not stream or upstream.status_code != 200:
+    if up.adapter_name:
+        extra["x-adapter-id"] = up.adapter_name
+    if not up.stream or upstream.status_code != 200:
         try:
             data = await until_disconnect(request, asyncio.wait_for(upstream.aread(), timeout_s))
         except TimeoutError:

@@ -15,8 +15,8 @@ from modelhost.api.errors import error_response
 from modelhost.domain.status import DeploymentStatus, DesiredState
 from modelhost.errors import InvalidRequest, ModelhostError, PayloadTooLarge, Unavailable
 from modelhost.gateway.core import Gateway
-from modelhost.gateway.proxy import ClientGone, Style, forward
-from modelhost.gateway.resolve import Target, resolve_model, resolve_path
+from modelhost.gateway.proxy import ClientGone, Style, Upstream, forward
+from modelhost.gateway.resolve import Target, resolve_adapter_on, resolve_model, resolve_path
 from modelhost.services import Services
 from modelhost.store import deployments as store
 from modelhost.store.tables import Deployment
@@ -85,17 +85,21 @@ async def _proxy(
 ) -> Response:
     _check_servable(target)
     gateway = _gateway(request)
-    stream = bool(body.get("stream", False)) or path.endswith("generate_stream")
+    up = Upstream(
+        path=path,
+        body=json.dumps(body).encode(),
+        stream=bool(body.get("stream", False)) or path.endswith("generate_stream"),
+        adapter_id=target.adapter_id,
+        adapter_name=target.adapter_name,
+    )
     return await forward(
         request,
         gateway.client,
         gateway.pool(target.deploy_id),
-        path,
-        json.dumps(body).encode(),
-        stream,
+        up,
         style,
         gateway.settings.request_timeout_s,
-        lambda result: gateway.record(target.deploy_id, result),
+        lambda result: gateway.record(target, result),
     )
 
 
@@ -109,8 +113,9 @@ async def _openai(request: Request, path: str) -> Response:
             raise InvalidRequest("`model` is required: <username>/<model_name>", param="model")
         target = await asyncio.to_thread(_resolve, request, who, model)
         deploy_id = target.deploy_id
-        # Engines know the deployment by its full name.
-        body["model"] = target.full_name
+        # Engines know the deployment by its full name; an adapter keeps its own name (the
+        # engine learns its id from the x-adapter-id header and echoes `model`).
+        body["model"] = target.adapter_name or target.full_name
         return await _proxy(request, target, path, body, "openai")
     except ClientGone:
         return Response(status_code=499)
@@ -174,6 +179,36 @@ def _visible_models(services: Services, who: Principal) -> list[dict[str, Any]]:
 # ---- LoRAX-compatible per-deployment routes ----------------------------------------------
 
 
+def _with_adapter(
+    request: Request, who: Principal, base: Target, body: dict[str, Any], openai_style: bool
+) -> Target:
+    """Per-deployment requests name an adapter in `model` (OpenAI style; empty or the
+    deployment's own name for the base) or in `parameters.adapter_id` (LoRAX)."""
+    if openai_style:
+        requested = body.get("model") or ""
+        if not isinstance(requested, str):
+            raise InvalidRequest("`model` must be a string", param="model")
+        if requested in ("", base.full_name, base.full_name.split("/", 1)[1]):
+            body["model"] = base.full_name
+            return base
+    else:
+        params = body.get("parameters")
+        requested = params.get("adapter_id") if isinstance(params, dict) else None
+        if not requested:
+            return base
+        if not isinstance(requested, str):
+            raise InvalidRequest("parameters.adapter_id must be a string", param="adapter_id")
+    with _services(request).db.session() as s:
+        target = resolve_adapter_on(s, who, base, requested)
+    if not openai_style:
+        params = body["parameters"]
+        params["adapter_id"] = target.adapter_id
+        if params.get("adapter_source") in ("hub", "local", "pbase", "s3"):
+            # Adapters are registered objects here; the source was fixed at registration.
+            params["adapter_source"] = None
+    return target
+
+
 async def _lorax(request: Request, username: str, model_name: str, path: str) -> Response:
     openai_style = path.startswith("/v1/")
     try:
@@ -184,11 +219,8 @@ async def _lorax(request: Request, username: str, model_name: str, path: str) ->
             with _services(request).db.session() as s:
                 return resolve_path(s, who, username, model_name)
 
-        target = await asyncio.to_thread(lookup)
-        if openai_style:
-            # `model` names an adapter of this deployment, or is empty for the base model.
-            model = body.get("model") or ""
-            body["model"] = target.full_name if model in ("", target.full_name) else model
+        base = await asyncio.to_thread(lookup)
+        target = await asyncio.to_thread(_with_adapter, request, who, base, body, openai_style)
         return await _proxy(request, target, path, body, "openai" if openai_style else "lorax")
     except ClientGone:
         return Response(status_code=499)

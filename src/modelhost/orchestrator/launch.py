@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from sqlalchemy.orm import Session
+
 from modelhost.catalog import CatalogModel
-from modelhost.domain.deployments import resolve_engine
+from modelhost.domain.deployments import DEFAULT_MAX_ACTIVE_ADAPTERS, resolve_engine
 from modelhost.orchestrator.types import DesiredDeployment, LaunchSpec
 from modelhost.security.secretbox import SecretBox
-from modelhost.store.tables import Deployment
+from modelhost.store import adapters as adapters_store
+from modelhost.store.tables import Deployment, User
+
+
+def weights_path(dep: Deployment, catalog: dict[str, CatalogModel]) -> str | None:
+    """The local file or folder of a deployment's weights, if they are on this server."""
+    weights = dep.config.get("weights", {})
+    if "local" in weights:
+        return str(weights["local"]["path"])
+    if "base_model" in weights:
+        model = catalog.get(weights["base_model"]["name"])
+        return model.local_path if model is not None else None
+    return None
 
 
 def launch_spec(
@@ -14,6 +30,8 @@ def launch_spec(
     owner: str,
     catalog: dict[str, CatalogModel],
     secrets: SecretBox,
+    adapter_dir: str,
+    preload_ids: Sequence[str] = (),
 ) -> LaunchSpec:
     config = dep.config
     weights = config.get("weights", {})
@@ -39,7 +57,14 @@ def launch_spec(
         weights_local=local,
         weights_hf_repo=hf_repo,
         weights_hf_revision=hf_revision,
-        engine_args=tuple(config.get("engine_args", [])),
+        engine_args=(
+            "--adapter-dir",
+            adapter_dir,
+            "--max-active-adapters",
+            str(config.get("max_active_adapters", DEFAULT_MAX_ACTIVE_ADAPTERS)),
+            *(arg for adapter_id in preload_ids for arg in ("--preload-adapter", adapter_id)),
+            *config.get("engine_args", []),
+        ),
         secret_env=secret_env,
         gpu_type=config["gpu"],
         num_gpus=int(config["num_gpus"]),
@@ -52,11 +77,30 @@ def desired_deployment(
     catalog: dict[str, CatalogModel],
     secrets: SecretBox,
     drain_timeout_s: float,
+    adapter_dir: str,
+    preload_ids: Sequence[str] = (),
 ) -> DesiredDeployment:
     return DesiredDeployment(
         deploy_id=dep.id,
         generation=dep.generation,
         desired_replicas=dep.desired_replicas,
-        launch=launch_spec(dep, owner, catalog, secrets),
+        launch=launch_spec(dep, owner, catalog, secrets, adapter_dir, preload_ids),
         drain_timeout_s=drain_timeout_s,
     )
+
+
+def preloaded_adapter_ids(s: Session, dep: Deployment) -> list[str]:
+    """The ids of the adapters named in `preloaded_adapters` (`<username>/<name>`, or a bare
+    name of the deployment owner's) that are registered on `dep`. Names not registered yet are
+    skipped: they load on first use once they are."""
+    names = list(dep.config.get("preloaded_adapters", []))
+    if not names:
+        return []
+    owner = s.get(User, dep.owner_id)
+    registered = {}
+    for adapter in adapters_store.on_base(s, dep.id):
+        user = s.get(User, adapter.owner_id)
+        if user is not None:
+            registered[f"{user.username}/{adapter.name}"] = adapter.id
+    full = [n if "/" in n else f"{owner.username if owner else '?'}/{n}" for n in names]
+    return [registered[n] for n in full if n in registered]

@@ -15,10 +15,12 @@ from typing import Protocol
 
 from sqlalchemy.orm import Session
 
+from modelhost.adapters.files import adapters_root
+from modelhost.domain.deployments import DEFAULT_MAX_ACTIVE_ADAPTERS
 from modelhost.domain.routing import ReplicaEndpoint
 from modelhost.domain.status import DesiredState, ReplicaCounts, StatusInputs, derive_status
 from modelhost.orchestrator.backends.base import Backend, ReplicaRecord, ReplicaStartSpec
-from modelhost.orchestrator.launch import desired_deployment
+from modelhost.orchestrator.launch import desired_deployment, preloaded_adapter_ids
 from modelhost.orchestrator.planner import plan, track_failures
 from modelhost.orchestrator.replica_rows import record_start, sync_rows
 from modelhost.orchestrator.types import (
@@ -108,6 +110,7 @@ class Reconciler:
         observed = self.backend.observe()
         self.failures = track_failures(self.failures, self._prev_states, observed, self.policy)
         self._prev_states = {o.replica_id: o.state for o in observed}
+        adapter_dir = str(adapters_root(self.services.settings.data_dir))
         with self.services.db.session() as s:
             deployments = store.live_deployments(s)
             owners = {d.id: store.owner_name(s, d) for d in deployments}
@@ -120,6 +123,8 @@ class Reconciler:
                     self.services.catalog,
                     self.services.secrets,
                     self.services.settings.drain_timeout_s,
+                    adapter_dir,
+                    preloaded_adapter_ids(s, d),
                 )
                 for d in deployments
                 if d.desired_state == DesiredState.RUNNING.value and d.fail_reason is None
@@ -245,14 +250,21 @@ class Reconciler:
         self, observed: Sequence[ReplicaObservation]
     ) -> dict[str, list[ReplicaEndpoint]]:
         with self.services.db.session() as s:
-            batch = {d.id: int(d.config["max_batch_size"]) for d in store.live_deployments(s)}
+            limits = {
+                d.id: (
+                    int(d.config["max_batch_size"]),
+                    int(d.config.get("max_active_adapters", DEFAULT_MAX_ACTIVE_ADAPTERS)),
+                )
+                for d in store.live_deployments(s)
+            }
         table: dict[str, list[ReplicaEndpoint]] = {}
         for o in observed:
-            if o.state != ReplicaState.READY or o.base_url is None or o.deploy_id not in batch:
+            if o.state != ReplicaState.READY or o.base_url is None or o.deploy_id not in limits:
                 continue
+            batch, adapters = limits[o.deploy_id]
             table.setdefault(o.deploy_id, []).append(
                 ReplicaEndpoint(
-                    o.replica_id, o.deploy_id, o.base_url, batch[o.deploy_id], o.generation
+                    o.replica_id, o.deploy_id, o.base_url, batch, o.generation, adapters
                 )
             )
         return table

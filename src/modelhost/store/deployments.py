@@ -48,15 +48,6 @@ def find_by_name(s: Session, username: str, model_name: str) -> Deployment | Non
     )
 
 
-def name_taken(s: Session, owner_id: int, model_name: str) -> bool:
-    q = select(Deployment.id).where(
-        Deployment.owner_id == owner_id,
-        Deployment.model_name == model_name,
-        Deployment.deleted_at.is_(None),
-    )
-    return s.scalar(q) is not None
-
-
 def list_for(
     s: Session, who: Principal, statuses: Sequence[str] | None, all_users: bool
 ) -> list[Deployment]:

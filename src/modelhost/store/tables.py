@@ -133,3 +133,36 @@ class Event(Base):
     kind: Mapped[str] = mapped_column(String(32))
     message: Mapped[str] = mapped_column(Text)
     data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class Adapter(Base):
+    """A LoRA adapter registered on a base deployment; its files live under
+    `<data_dir>/adapters/<id>/` where every replica of the base can load them."""
+
+    __tablename__ = "adapters"
+    __table_args__ = (
+        Index(
+            "uq_adapters_owner_name_live",
+            "owner_id",
+            "name",
+            unique=True,
+            sqlite_where=text("deleted_at IS NULL"),
+            postgresql_where=text("deleted_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    base_deploy_id: Mapped[str] = mapped_column(
+        ForeignKey("deployments.id", ondelete="CASCADE"), index=True
+    )
+    # {"hf": {"repo", "revision"}} or {"local": {"path"}}; the token is never stored here.
+    source: Mapped[dict[str, Any]] = mapped_column(JSON)
+    hf_token_enc: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    public: Mapped[bool] = mapped_column(Boolean, default=False)
+    rank: Mapped[int] = mapped_column(Integer)
+    target_modules: Mapped[list[Any]] = mapped_column(JSON)
+    size_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -6,7 +6,14 @@ imports (torch, transformers) happen inside it, so importing this package stays 
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
+
+# Must be set before torch loads libgomp. With the default (spinning) wait policy a step's
+# ~300 parallel regions each wait for a descheduled worker whenever other processes share the
+# cores, which measured 10x slower steps on a busy 2-core machine; passive waiting cost nothing
+# when the machine was quiet.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from modelhost.engine.builtin.options import BuiltinOptions, OptionsError, parse_options
 

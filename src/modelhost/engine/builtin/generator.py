@@ -9,6 +9,7 @@ stream early cancels its sequence; the engine frees its slot before the next ste
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import secrets
@@ -17,6 +18,7 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Literal
 
 from modelhost.engine.builtin.detokenizer import IncrementalDetokenizer
 from modelhost.engine.builtin.engine import EngineCore, Job, start_thread
@@ -164,7 +166,7 @@ class BuiltinGenerator:
         _validate(params)
         prompt = loaded.prompts.encode(request)
         ctx = loaded.context_length
-        where = "messages" if request.messages is not None else "prompt"
+        where: Literal["messages", "prompt"] = "prompt" if request.messages is None else "messages"
         if len(prompt) >= ctx:
             raise ContextLengthExceeded(
                 f"This model's maximum context length is {ctx} tokens, and your {where} has "
@@ -241,10 +243,9 @@ class BuiltinGenerator:
                 job.events = []
         loop = self._loop
         if batch and loop is not None:
-            try:
+            # RuntimeError: the loop is closed, the process is shutting down.
+            with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(self._deliver, batch)
-            except RuntimeError:
-                pass  # the loop is closed: the process is shutting down
 
     def _deliver(self, batch: list[tuple[int, list[TokenEvent]]]) -> None:
         for seq_id, events in batch:

@@ -9,6 +9,7 @@ is reported as "no network access" instead of a stack trace after minutes of ret
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -26,7 +27,7 @@ class HubDownloadError(Exception):
 
 
 def _progress_class(repo: str, emit: Callable[[str], None]) -> type[Any]:
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # type: ignore[import-untyped]
 
     class LineProgress(tqdm):  # type: ignore[misc]
         """Turns the hub's progress bars into one log line every few seconds per bar."""
@@ -39,7 +40,7 @@ def _progress_class(repo: str, emit: Callable[[str], None]) -> type[Any]:
             self._last_emit = 0.0
 
         def update(self, n: float | None = 1) -> bool | None:
-            result = super().update(n)
+            result: bool | None = super().update(n)
             now = time.monotonic()
             if now - self._last_emit >= 2.0 or (self.total and self.n >= self.total):
                 self._last_emit = now
@@ -74,7 +75,10 @@ def describe_hub_error(repo: str, revision: str | None, exc: BaseException) -> s
     where = f"could not download {repo}"
     rev = f" at revision {revision}" if revision else ""
     status = getattr(getattr(exc, "response", None), "status_code", None)
-    token = "HF_TOKEN is set" if os.environ.get("HF_TOKEN") else "no HF_TOKEN is set"
+    if os.environ.get("HF_TOKEN"):
+        token = "the HF token given cannot read it"
+    else:
+        token = "no HF token is set"
     if isinstance(exc, errors.GatedRepoError) or status == 403:
         return (
             f"{where}: access denied ({status or 'gated'}): the repository is gated or private "
@@ -84,14 +88,18 @@ def describe_hub_error(repo: str, revision: str | None, exc: BaseException) -> s
     if status == 401:
         # The Hub answers 401 both for private repos and for names that do not exist.
         return (
-            f"{where}: access denied (401): the repository does not exist, or it is private "
-            f"and {token} that can read it; check the name and the deployment's HF token"
+            f"{where}: access denied (401): the repository does not exist or is private, and "
+            f"{token}; check the name and the deployment's HF token"
         )
     if isinstance(exc, errors.RevisionNotFoundError):
         return f"{where}: revision {revision!r} does not exist in the repository"
     if isinstance(exc, errors.RepositoryNotFoundError) or status == 404:
         return f"{where}{rev}: no such repository on the Hugging Face Hub (check the name)"
     if isinstance(exc, errors.LocalEntryNotFoundError | errors.OfflineModeIsEnabled):
+        # The hub client falls back to its cache on any failure; the cause tells which.
+        answered = _http_status_in_chain(exc)
+        if answered is not None:
+            return f"{where}: the Hugging Face Hub answered HTTP {answered}; try again later"
         return f"{where}: no network access to the Hugging Face Hub"
     if isinstance(exc, ConnectionError | TimeoutError) or _is_network_error(exc):
         return f"{where}: no network access to the Hugging Face Hub"
@@ -100,10 +108,30 @@ def describe_hub_error(repo: str, revision: str | None, exc: BaseException) -> s
     return f"{where}: {type(exc).__name__}: {exc}"
 
 
-def _is_network_error(exc: BaseException) -> bool:
-    import httpx
+def _http_status_in_chain(exc: BaseException) -> int | None:
+    seen: BaseException | None = exc.__cause__ or exc.__context__
+    while seen is not None:
+        status = getattr(getattr(seen, "response", None), "status_code", None)
+        if isinstance(status, int):
+            return status
+        seen = seen.__cause__ or seen.__context__
+    return None
 
-    return isinstance(exc, httpx.TransportError)
+
+_NETWORK_ERRORS = {"TransportError", "ConnectError", "TimeoutException", "NetworkError"}
+
+
+def _is_network_error(exc: BaseException) -> bool:
+    """Connection failures anywhere in the chain; matched by name because the hub client's
+    HTTP library (httpx or its fork httpx2) depends on the huggingface_hub version."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ConnectionError | TimeoutError | socket.gaierror):
+            return True
+        if any(cls.__name__ in _NETWORK_ERRORS for cls in type(seen).__mro__):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def download(

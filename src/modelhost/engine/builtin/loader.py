@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -38,6 +39,7 @@ class LoadedModel:
     context_length: int
     kv_budget_tokens: int
     description: str
+    folder: Path  # the HF-format folder the weights were read from
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -54,7 +56,8 @@ def pick_dtype(name: str, device: str) -> torch.dtype:
     if device.startswith("cuda"):
         return torch.bfloat16
     # bf16 on CPU is only fast (and batch-invariant) through oneDNN's bf16 kernels.
-    if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    mkldnn = torch.backends.mkldnn.is_available()  # type: ignore[no-untyped-call]
+    if mkldnn and torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return torch.bfloat16
     return torch.float32
 
@@ -117,6 +120,7 @@ def load(
         context_length=context,
         kv_budget_tokens=max(budget, context),
         description=files.description,
+        folder=files.folder,
         timings=timings,
     )
 

@@ -116,7 +116,7 @@ class CausalLM:
         packed = (
             self.device.type == "cpu"
             and dtype == torch.bfloat16
-            and torch.backends.mkldnn.is_available()
+            and torch.backends.mkldnn.is_available()  # type: ignore[no-untyped-call]
         )
 
         def get(name: str) -> torch.Tensor:
@@ -200,7 +200,10 @@ class CausalLM:
         # Slots busy with prefill get a dummy query below; letting them see position 0 keeps
         # their (discarded) softmax finite.
         lengths = step.slot_lengths.clamp(min=1)
-        return (span[None, :] < lengths[:, None])[:, None, None, :], key_len
+        visible = (span[None, :] < lengths[:, None])[:, None, None, :]
+        # Additive form built once per step; SDPA would convert a boolean mask in every layer.
+        mask = torch.zeros(visible.shape, dtype=self.dtype, device=self.device)
+        return mask.masked_fill_(~visible, float("-inf")), key_len
 
     def _decode_attention(
         self,
@@ -233,7 +236,9 @@ class CausalLM:
     def _prefill_mask(self, span: PrefillSpan) -> torch.Tensor:
         key_len = round_up(span.start + span.length, KEY_BLOCK)
         rows = torch.arange(span.start, span.start + span.length, device=self.device)
-        return torch.arange(key_len, device=self.device)[None, :] <= rows[:, None]
+        visible = torch.arange(key_len, device=self.device)[None, :] <= rows[:, None]
+        mask = torch.zeros(visible.shape, dtype=self.dtype, device=self.device)
+        return mask.masked_fill_(~visible, float("-inf"))
 
     def _prefill_attention(
         self,

@@ -28,7 +28,9 @@ class PromptBuilder:
                     messages, add_generation_prompt=True, tokenize=False
                 )
             except Exception as exc:  # jinja errors from a template that rejects the input
-                raise GeneratorError(f"the model's chat template rejected the messages: {exc}")
+                raise GeneratorError(
+                    f"the model's chat template rejected the messages: {exc}"
+                ) from None
             # The template already wrote any BOS/special tokens it wants.
             ids = list(self._tok(str(text), add_special_tokens=False)["input_ids"])
         else:

@@ -120,7 +120,7 @@ def _convert(path: Path, out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # its tqdm bars would flood the replica's log
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # its tqdm bars would flood the replica's log
     os.environ["TQDM_DISABLE"] = "1"  # the GGUF de-quantizer uses tqdm directly
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
@@ -129,7 +129,7 @@ def _convert(path: Path, out: Path) -> None:
             str(path.parent), gguf_file=path.name, dtype=torch.float32
         )
     finally:
-        hf_logging.enable_progress_bar()
+        hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
         os.environ.pop("TQDM_DISABLE", None)
     out.mkdir(parents=True)
     # save_pretrained refuses models loaded from GGUF, so write the three parts by hand.
