@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -30,8 +31,17 @@ def from_hf_config(config: dict[str, object]) -> BaseDims:
 
 
 def from_gguf(path: Path) -> BaseDims:
+    stat = path.stat()
+    return _from_gguf(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _from_gguf(path_str: str, _size: int, _mtime_ns: int) -> BaseDims:
+    """Parsing a GGUF header maps the whole file (seconds for a large model): cached per
+    file version."""
     from gguf import GGUFReader
 
+    path = Path(path_str)
     reader = GGUFReader(str(path))
 
     def value(key: str) -> object:

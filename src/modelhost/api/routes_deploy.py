@@ -19,7 +19,13 @@ from modelhost.domain.deployments import (
     QuotaItem,
     quota_error,
 )
-from modelhost.domain.status import DeploymentStatus, DesiredState
+from modelhost.domain.status import (
+    DeploymentStatus,
+    DesiredState,
+    ReplicaCounts,
+    StatusInputs,
+    derive_status,
+)
 from modelhost.errors import Conflict, QuotaExceeded, ValidationFailed
 from modelhost.security.tokens import new_id
 from modelhost.services import Services
@@ -119,6 +125,12 @@ def _owner_limit(s: Session, dep: Deployment, who: Principal) -> Principal:
     return Principal(owner.id, owner.username, owner.is_admin, owner.gpu_limit, "")
 
 
+def _status_before_replicas(desired: DesiredState, replicas: int) -> str:
+    """The status to answer with right away; the reconciler refines it from the replicas it
+    observes (derive_status stays the one place that decides)."""
+    return derive_status(StatusInputs(desired, replicas, ReplicaCounts())).value
+
+
 def _view(s: Session, dep: Deployment) -> dict[str, Any]:
     return deploy_object(dep, store.owner_name(s, dep))
 
@@ -171,7 +183,7 @@ def create_llm(body: CreateLLM, who: PrincipalDep, services: ServicesDep) -> dic
             # The first replica starts even when min_instances is 0: it proves the weights
             # load, and the autoscaler returns the deployment to standby once it is idle.
             desired_replicas=max(settings.min_instances, 1),
-            status=DeploymentStatus.PENDING.value,
+            status=_status_before_replicas(DesiredState.RUNNING, max(settings.min_instances, 1)),
             created_at=now,
             updated_at=now,
         )
@@ -279,7 +291,7 @@ def delete_deployment(deploy_id: str, who: PrincipalDep, services: ServicesDep) 
         dep = store.get_owned(s, who, deploy_id)
         now = utcnow()
         dep.desired_state = DesiredState.DELETED.value
-        dep.status = DeploymentStatus.DELETED.value
+        dep.status = _status_before_replicas(DesiredState.DELETED, 0)
         dep.deleted_at = now
         dep.updated_at = now
         store.add_event(s, dep.id, "deleted", "deployment deleted; replicas drain, then stop")
@@ -295,7 +307,7 @@ def stop_deployment(deploy_id: str, who: PrincipalDep, services: ServicesDep) ->
         dep = store.get_owned(s, who, deploy_id)
         if dep.desired_state != DesiredState.STOPPED.value:
             dep.desired_state = DesiredState.STOPPED.value
-            dep.status = DeploymentStatus.STOPPED.value
+            dep.status = _status_before_replicas(DesiredState.STOPPED, 0)
             dep.updated_at = utcnow()
             store.add_event(s, dep.id, "stopped", "deployment stopped by its owner")
     services.notify()

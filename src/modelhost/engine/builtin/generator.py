@@ -114,11 +114,18 @@ class BuiltinGenerator:
         self._thread = start_thread(core)
         self._core = core
         self.timings = {**loaded.timings, "start_s": time.perf_counter() - started}
+        t = self.timings
+        parts = ", ".join(
+            f"{name.removesuffix('_s')} {t[name]:.2f}s"
+            for name in ("resolve_s", "weights_load_s", "tokenizer_load_s", "warmup_s")
+            if name in t
+        )
         sys.stderr.write(
             f"builtin engine ready: {loaded.description} ({loaded.model.spec.architecture}, "
             f"{str(loaded.model.dtype).removeprefix('torch.')}, {self._device}, context "
-            f"{loaded.context_length}) in {self.timings['start_s']:.1f}s\n"
+            f"{loaded.context_length}) in {t['start_s']:.2f}s ({parts})\n"
         )
+        sys.stderr.flush()
 
     async def close(self) -> None:
         core, thread = self._core, self._thread

@@ -101,11 +101,6 @@ def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor
     return weight * h.to(x.dtype)
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
 class CausalLM:
     def __init__(
         self, spec: ModelSpec, tensors: dict[str, torch.Tensor], dtype: torch.dtype, device: str
@@ -152,7 +147,12 @@ class CausalLM:
         freqs = positions[:, None] * spec.inv_freq[None, :]
         emb = torch.cat((freqs, freqs), dim=-1)
         self.cos = (emb.cos() * spec.rope_scaling).to(device=self.device, dtype=dtype)
-        self.sin = (emb.sin() * spec.rope_scaling).to(device=self.device, dtype=dtype)
+        sin = emb.sin() * spec.rope_scaling
+        half = spec.head_dim // 2
+        # rotate_half(x) = [-x2, x1] = flip(x halves) with the first half's sign flipped.
+        self.signed_sin = torch.cat((-sin[:, :half], sin[:, half:]), dim=-1).to(
+            device=self.device, dtype=dtype
+        )
 
     @torch.inference_mode()
     def forward(self, step: StepInput, cache: SlotKVCache) -> torch.Tensor:
@@ -163,22 +163,27 @@ class CausalLM:
         t = step.tokens.shape[0]
         x = F.embedding(step.tokens, self.embed)
         cos = self.cos[step.positions].unsqueeze(1)
-        sin = self.sin[step.positions].unsqueeze(1)
+        sin = self.signed_sin[step.positions].unsqueeze(1)
+        half = hd // 2
         decode_mask, key_len = self._decode_mask(step)
         prefill_masks = [self._prefill_mask(span) for span in step.prefill]
         flat_index = step.slots * cache.length_capacity + step.positions  # rows of a flat view
         for layer, keys, values in zip(self.layers, cache.keys, cache.values, strict=True):
             h = _rms_norm(x, layer.input_norm, spec.rms_norm_eps)
             qkv = layer.qkv(h)
-            q = qkv[:, : nh * hd].view(t, nh, hd)
-            k = qkv[:, nh * hd : (nh + nkv) * hd].view(t, nkv, hd)
+            # RoPE on q and k in one go; flip(halves) * signed sin == rotate_half(x) * sin.
+            qk = qkv[:, : (nh + nkv) * hd].view(t, nh + nkv, hd)
+            swapped = qk.view(t, nh + nkv, 2, half).flip(-2).view(t, nh + nkv, hd)
+            qk = qk * cos + swapped * sin
+            q, k = qk[:, :nh], qk[:, nh:]
             v = qkv[:, (nh + nkv) * hd :].view(t, nkv, hd)
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
             keys.view(-1, nkv, hd).index_copy_(0, flat_index, k)
             values.view(-1, nkv, hd).index_copy_(0, flat_index, v)
-            attn = torch.empty((t, nh * hd), dtype=x.dtype, device=x.device)
-            if step.decode_rows:
+            if not step.prefill:
+                attn = self._decode_attention(q, step, keys, values, decode_mask, key_len)
+            else:
+                attn = torch.empty((t, nh * hd), dtype=x.dtype, device=x.device)
+            if step.decode_rows and step.prefill:
                 attn[: step.decode_rows] = self._decode_attention(
                     q[: step.decode_rows], step, keys, values, decode_mask, key_len
                 )
@@ -218,7 +223,7 @@ class CausalLM:
         decode_slots = step.slots[: step.decode_rows]
         if step.decode_rows == n:
             # Common steady state: every slot decodes, rows are in slot order.
-            query = q.view(n, nh, 1, hd)
+            query = q.reshape(n, nh, 1, hd)
         else:
             query = torch.zeros((n, nh, 1, hd), dtype=q.dtype, device=q.device)
             query[decode_slots] = q.unsqueeze(2)
