@@ -386,6 +386,8 @@ async def bench_peer(
                 file=sys.stderr,
             )
             results.append(result)
+        if closer is not None:
+            info.notes["engine_stats"] = dict(closer.stats().extra)
     finally:
         if http is not None:
             await http.aclose()

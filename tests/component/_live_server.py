@@ -18,9 +18,8 @@ from pathlib import Path
 import uvicorn
 
 from modelhost.api.app import create_app
-from modelhost.config import Settings
+from tests.conftest import ADMIN_TOKEN, make_settings
 
-ADMIN_TOKEN = "mh_test_admin_token_0123456789abcdef"
 STARTUP_DEADLINE_S = 60.0
 
 
@@ -61,14 +60,8 @@ def serve_app(app: object) -> Iterator[str]:
 @contextmanager
 def modelhost_server(data_dir: Path) -> Iterator[LiveServer]:
     """The real control plane with a known admin token, virtual GPUs and no GPU discovery."""
-    settings = Settings(
-        data_dir=data_dir,
-        admin_token=ADMIN_TOKEN,  # type: ignore[arg-type]
-        discover_gpus=False,
-        gpus="A100-80GB:4",
-        cpu_slots=2,
-        reconcile_interval_s=0.1,
-    )
+    # The suite's fast-test settings (short drains, quick probes), with 4 virtual A100s.
+    settings = make_settings(data_dir, gpus="A100-80GB:4", reconcile_interval_s=0.1)
     app = create_app(settings)
     with serve_app(app) as url:
         yield LiveServer(url=url, admin_token=ADMIN_TOKEN, data_dir=data_dir)

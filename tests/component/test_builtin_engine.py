@@ -228,3 +228,16 @@ def test_gguf_conversion_is_cached(loaded: LoadedModel, cache_dir: Path) -> None
     assert any("using converted weights" in m for m in messages)
     assert (files.folder / "model.safetensors").exists()
     assert (files.folder / "tokenizer.json").exists()
+
+
+def test_tokenizer_matches_transformers(loaded: LoadedModel) -> None:
+    from transformers import AutoTokenizer
+
+    ref = AutoTokenizer.from_pretrained(str(loaded.folder))
+    for prompt in ["Hello world", " leading space", "Ünïcødé 🙂\n\nnew lines", "1, 2, 3"]:
+        assert loaded.prompts.encode(req(prompt)) == ref(prompt)["input_ids"]
+        ids = ref(prompt)["input_ids"]
+        assert loaded.decode_tokenizer.decode(ids) == ref.decode(ids, skip_special_tokens=True)
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    expected = ref.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert loaded.decode_tokenizer.render_chat(messages) == expected

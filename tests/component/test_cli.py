@@ -180,12 +180,13 @@ def test_deploy_lifecycle(cli_env: dict[str, Any]) -> None:
     )
     assert created.exit_code == 0, created.output
     dep_id = _deploy_id(created.stdout)
-    assert "status: standby" in created.stdout
+    # The first replica starts even at min_instances 0 (it proves the weights load).
+    assert re.search(r"status: (ready|standby)", created.stdout), created.stdout
     assert f"modelhost chat admin/{name}" in created.stdout
     assert "/v1/openai/chat/completions" in created.stdout
 
     listed = run(cli_env, "deploy", "list", "--status", "standby,ready")
-    assert re.search(rf"{dep_id}\s+admin/{name}\s+standby", listed.stdout), listed.stdout
+    assert re.search(rf"{dep_id}\s+admin/{name}\s+(ready|standby)", listed.stdout), listed.stdout
     assert dep_id not in run(cli_env, "deploy", "list", "--status", "errored").stdout
 
     info = run(cli_env, "deploy", "info", dep_id)
@@ -213,8 +214,7 @@ def test_deploy_lifecycle(cli_env: dict[str, Any]) -> None:
     events = run(cli_env, "deploy", "events", dep_id)
     assert events.exit_code == 0 and "TIME" in events.stdout and len(events.stdout.splitlines()) > 2
 
-    logs = run(cli_env, "logs", dep_id)
-    assert logs.exit_code == 0 and logs.stdout == ""
+    assert run(cli_env, "logs", dep_id).exit_code == 0
 
     assert dep_id in run(cli_env, "deploy", "delete", dep_id).stdout
     missing = run(cli_env, "deploy", "info", "no-such-id")

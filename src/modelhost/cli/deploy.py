@@ -229,9 +229,20 @@ def update(
         dep = client.update_deployment(deploy_id, settings or None, config or None, public=public)
     console = output.out()
     console.print(f"Updated {escape(dep.full_name)}: {output.status_text(dep.status)}")
-    console.print(
-        "settings: " + " ".join(f"{k}={v}" for k, v in dep.settings.items()), markup=False
-    )
+    # Echo what the server now holds for the keys that were asked for (it may normalise them).
+    now = [f"{k}={dep.settings.get(k)}" for k in settings]
+    now += [f"{k}={dep.config.get(k)}" for k in config if k != "hf"]
+    if hf_revision is not None:
+        now.append(f"hf.revision={dep.config.get('weights', {}).get('hf', {}).get('revision')}")
+    if public is not None:
+        now.append(f"public={(dep.model_extra or {}).get('public', public)}")
+    console.print("  " + " ".join(now), markup=False)
+    if config:
+        console.print(
+            "  config changes roll out by replacing replicas; "
+            f"watch with `modelhost deploy info {dep.deploy_id}`",
+            markup=False,
+        )
 
 
 @app.command()

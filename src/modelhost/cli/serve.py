@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -75,9 +74,9 @@ def serve(
         discover_gpus=discover_gpus,
     )
     # Imported here: the server pulls in the whole control plane, which no client command needs.
-    # (By name, so this module type-checks before and without the server package.)
-    server = importlib.import_module("modelhost.server")
-    server.run(settings)
+    from modelhost.server import run
+
+    run(settings)
 
 
 def register(app: typer.Typer) -> None:

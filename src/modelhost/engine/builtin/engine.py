@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,6 +73,9 @@ class EngineCore:
         self.commands: queue.SimpleQueue[tuple[str, Job | None]] = queue.SimpleQueue()
         self.steps = 0
         self.generated_tokens = 0
+        # Where step time goes (exported in stats; the benchmark reads them).
+        self.forward_seconds = 0.0
+        self.step_seconds = 0.0
 
     # -- called from any thread ------------------------------------------------------------
     def submit(self, job: Job) -> None:
@@ -140,6 +144,7 @@ class EngineCore:
 
     def step(self) -> None:
         """Admit, run one forward pass, sample, emit. No-op when nothing is running."""
+        started = time.perf_counter()
         self._drain(block=False)
         sched = self.scheduler
         plan = sched.plan()
@@ -149,7 +154,9 @@ class EngineCore:
             return
         step = self._build_input(plan.decode, plan.prefill)
         self.cache.ensure(sched.running, int(step.slot_lengths.max()))
+        forward_started = time.perf_counter()
         logits = self.model.forward(step, self.cache).cpu()
+        self.forward_seconds += time.perf_counter() - forward_started
         sampled_jobs: list[Job] = [self.jobs[s.seq_id] for s in plan.decode]
         for seq in plan.decode:
             seq.computed += 1
@@ -167,6 +174,7 @@ class EngineCore:
             if job.events and job.events[-1].finish_reason is not None:
                 self._drop(job)
         self.sink(touched)
+        self.step_seconds += time.perf_counter() - started
 
     def _build_input(self, decode: list[Sequence], prefill: list[Chunk]) -> StepInput:
         tokens: list[int] = [s.tokens[-1] for s in decode]

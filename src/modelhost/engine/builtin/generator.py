@@ -152,6 +152,8 @@ class BuiltinGenerator:
                 "kv_cache_bytes": float(core.cache.allocated_bytes),
                 "engine_steps": float(core.steps),
                 "generated_tokens": float(core.generated_tokens),
+                "forward_seconds": core.forward_seconds,
+                "step_seconds": core.step_seconds,
             },
         )
 

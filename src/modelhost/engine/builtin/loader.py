@@ -11,7 +11,6 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -26,6 +25,7 @@ from modelhost.engine.builtin.model import (
 from modelhost.engine.builtin.options import BuiltinOptions, default_cache_dir
 from modelhost.engine.builtin.prompting import PromptBuilder
 from modelhost.engine.builtin.spec import UnsupportedModel, load_spec
+from modelhost.engine.builtin.tokenizer import TextTokenizer, TokenizerError, load_tokenizer
 from modelhost.engine.builtin.weights import WeightsError, resolve_weights
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
@@ -35,7 +35,7 @@ _DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torc
 class LoadedModel:
     model: CausalLM
     prompts: PromptBuilder  # tokenizer used on the asyncio side
-    decode_tokenizer: Any  # a second instance, used only by the engine thread
+    decode_tokenizer: TextTokenizer  # a second instance, used only by the engine thread
     context_length: int
     kv_budget_tokens: int
     description: str
@@ -115,7 +115,7 @@ def load(
     timings["load_total_s"] = time.perf_counter() - t0
     return LoadedModel(
         model=model,
-        prompts=PromptBuilder(prompts_tok, spec.bos_token_id),
+        prompts=PromptBuilder(prompts_tok),
         decode_tokenizer=decode_tok,
         context_length=context,
         kv_budget_tokens=max(budget, context),
@@ -125,17 +125,13 @@ def load(
     )
 
 
-def _tokenizers(folder: Any) -> tuple[Any, Any]:
-    from transformers import AutoTokenizer
-
+def _tokenizers(folder: Path) -> tuple[TextTokenizer, TextTokenizer]:
     try:
-        # Two instances: HF fast tokenizers are not safe to use from two threads at once.
-        return (
-            AutoTokenizer.from_pretrained(str(folder)),
-            AutoTokenizer.from_pretrained(str(folder)),
-        )
-    except (OSError, ValueError) as exc:
-        raise WeightsError(f"cannot load the tokenizer in {folder}: {exc}") from None
+        tokenizer = load_tokenizer(folder)
+    except TokenizerError as exc:
+        raise WeightsError(str(exc)) from None
+    # Two instances, one per thread: the asyncio side encodes while the engine decodes.
+    return tokenizer, tokenizer.clone()
 
 
 def warm_up(model: CausalLM) -> None:

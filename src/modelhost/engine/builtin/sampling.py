@@ -95,7 +95,9 @@ def sample(logits: torch.Tensor, rows: list[RowSampler]) -> list[Sampled]:
     distribution (before penalties and temperature), which is what clients compare across
     settings.
     """
-    logprobs = torch.log_softmax(logits, dim=-1)
+    # log p(token) = logit - logsumexp(logits): one pass, no [rows, vocab] log_softmax copy.
+    normalizer = torch.logsumexp(logits, dim=-1)
+    raw = logits.clone() if any(row.penalized for row in rows) else logits
     for i, row in enumerate(rows):
         if row.penalized:
             row.apply_penalties(logits[i])  # a view: edits the batch in place
@@ -108,5 +110,5 @@ def sample(logits: torch.Tensor, rows: list[RowSampler]) -> list[Sampled]:
             tokens[i] = int(torch.multinomial(probs, 1, generator=row.generator).item())
         row.observe(tokens[i])
     index = torch.tensor(tokens, dtype=torch.long).unsqueeze(1)
-    chosen: list[float] = logprobs.gather(1, index).squeeze(1).tolist()
+    chosen: list[float] = (raw.gather(1, index).squeeze(1) - normalizer).tolist()
     return [Sampled(token=t, logprob=lp) for t, lp in zip(tokens, chosen, strict=True)]

@@ -8,6 +8,7 @@ Anything else fails at start with a message naming the architecture.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import torch
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
+_CONFIG_CLASSES = {"llama": "LlamaConfig", "mistral": "MistralConfig", "qwen2": "Qwen2Config"}
 _BY_MODEL_TYPE = {
     "llama": "LlamaForCausalLM",
     "mistral": "MistralForCausalLM",
@@ -60,72 +62,93 @@ def _ids(value: Any) -> tuple[int, ...]:
 
 
 def load_spec(folder: Path) -> ModelSpec:
-    """Read config.json (and generation_config.json for extra EOS ids) through transformers,
-    which normalises the many spellings of RoPE settings across model generations."""
-    from transformers import AutoConfig, GenerationConfig
-
+    """Read config.json (and generation_config.json for extra EOS ids) as plain JSON, with the
+    defaults transformers' config classes use for absent keys."""
     try:
-        config = AutoConfig.from_pretrained(str(folder))
-    except (OSError, ValueError, KeyError) as exc:
+        raw = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as exc:
         raise UnsupportedModel(f"cannot read the model config in {folder}: {exc}") from None
-    architectures = list(getattr(config, "architectures", None) or [])
-    model_type = str(getattr(config, "model_type", ""))
+    model_type = str(raw.get("model_type", ""))
+    architectures = list(raw.get("architectures") or [])
     arch = architectures[0] if architectures else _BY_MODEL_TYPE.get(model_type, model_type)
-    if arch not in SUPPORTED_ARCHITECTURES:
+    if arch not in SUPPORTED_ARCHITECTURES or model_type not in _BY_MODEL_TYPE:
         raise UnsupportedModel(
             f"the builtin engine does not support the {arch} architecture "
             f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
         )
-    if getattr(config, "hidden_act", "silu") != "silu":
+    config = _Config(raw)
+    if config.get("hidden_act", "silu") != "silu":
         raise UnsupportedModel(
-            f"the builtin engine only supports silu MLPs, not {config.hidden_act}"
+            f"the builtin engine only supports silu MLPs, not {config.get('hidden_act')}"
         )
-    num_heads = int(config.num_attention_heads)
-    head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // num_heads)
-    inv_freq, scaling = _rope(config, head_dim)
-    eos = set(_ids(getattr(config, "eos_token_id", None)))
     try:
-        gen = GenerationConfig.from_pretrained(str(folder))
-        eos |= set(_ids(gen.eos_token_id))
-    except OSError:
-        pass  # no generation_config.json: the model config's EOS is all there is
-    max_positions = int(getattr(config, "max_position_embeddings", 2048))
-    window = getattr(config, "sliding_window", None)
-    if arch == "MistralForCausalLM" and window:
-        # Sliding-window attention is not implemented; within the window full attention is
-        # exact, so the context is capped there instead of silently diverging past it.
-        max_positions = min(max_positions, int(window))
-    return ModelSpec(
-        architecture=arch,
-        vocab_size=int(config.vocab_size),
-        hidden_size=int(config.hidden_size),
-        num_layers=int(config.num_hidden_layers),
-        num_heads=num_heads,
-        num_kv_heads=int(getattr(config, "num_key_value_heads", None) or num_heads),
-        head_dim=head_dim,
-        intermediate_size=int(config.intermediate_size),
-        rms_norm_eps=float(config.rms_norm_eps),
-        max_positions=max_positions,
-        tie_word_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
-        qkv_bias=arch == "Qwen2ForCausalLM" or bool(getattr(config, "attention_bias", False)),
-        eos_token_ids=tuple(sorted(eos)),
-        bos_token_id=getattr(config, "bos_token_id", None),
-        inv_freq=inv_freq,
-        rope_scaling=scaling,
-    )
+        num_heads = int(config.get("num_attention_heads"))
+        hidden = int(config.get("hidden_size"))
+        head_dim = int(config.get("head_dim") or hidden // num_heads)
+        inv_freq, scaling = _rope(config, head_dim)
+        eos = set(_ids(config.get("eos_token_id")))
+        try:
+            generation = json.loads((folder / "generation_config.json").read_text())
+            eos |= set(_ids(generation.get("eos_token_id")))
+        except (OSError, ValueError):
+            pass  # no generation_config.json: the model config's EOS is all there is
+        max_positions = int(config.get("max_position_embeddings", 2048))
+        window = config.get("sliding_window")
+        if arch == "MistralForCausalLM" and window:
+            # Sliding-window attention is not implemented; within the window full attention
+            # is exact, so the context is capped there instead of silently diverging past it.
+            max_positions = min(max_positions, int(window))
+        return ModelSpec(
+            architecture=arch,
+            vocab_size=int(config.get("vocab_size")),
+            hidden_size=hidden,
+            num_layers=int(config.get("num_hidden_layers")),
+            num_heads=num_heads,
+            num_kv_heads=int(config.get("num_key_value_heads") or num_heads),
+            head_dim=head_dim,
+            intermediate_size=int(config.get("intermediate_size")),
+            rms_norm_eps=float(config.get("rms_norm_eps", 1e-6)),
+            max_positions=max_positions,
+            tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+            qkv_bias=arch == "Qwen2ForCausalLM" or bool(config.get("attention_bias", False)),
+            eos_token_ids=tuple(sorted(eos)),
+            bos_token_id=config.get("bos_token_id"),
+            inv_freq=inv_freq,
+            rope_scaling=scaling,
+        )
+    except (TypeError, ValueError) as exc:
+        raise UnsupportedModel(f"the model config in {folder} is incomplete: {exc}") from None
 
 
-def _rope(config: Any, head_dim: int) -> tuple[torch.Tensor, float]:
-    params = getattr(config, "rope_parameters", None) or {}
-    rope_type = params.get("rope_type", "default")
+class _Config:
+    """config.json as read; a key set to null counts as absent, like in transformers."""
+
+    def __init__(self, raw: dict[str, Any]) -> None:
+        self.raw = raw
+
+    def get(self, name: str, default: Any = None) -> Any:
+        value = self.raw.get(name)
+        return default if value is None else value
+
+
+def _rope(config: _Config, head_dim: int) -> tuple[torch.Tensor, float]:
+    # Newer configs say rope_parameters, older ones rope_theta + rope_scaling.
+    params = dict(config.get("rope_parameters") or config.get("rope_scaling") or {})
+    rope_type = params.get("rope_type") or params.get("type") or "default"
+    theta = float(params.get("rope_theta") or config.get("rope_theta", 10000.0))
     if rope_type == "default":
-        theta = float(params.get("rope_theta", getattr(config, "rope_theta", 10000.0)))
         exponents = torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim
         return 1.0 / (theta**exponents), 1.0
+    if rope_type == "dynamic":
+        # Rescales with the running length, which one shared cos/sin table cannot do.
+        raise UnsupportedModel("the builtin engine does not support rope_type 'dynamic'")
+    # Scaled variants (llama3, linear, yarn, ...): transformers has the formulas.
+    import transformers
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-    if rope_type not in ROPE_INIT_FUNCTIONS or rope_type == "dynamic":
-        # "dynamic" rescales with the running length, which a shared cos/sin table cannot do.
+    if rope_type not in ROPE_INIT_FUNCTIONS:
         raise UnsupportedModel(f"the builtin engine does not support rope_type {rope_type!r}")
-    inv_freq, scaling = ROPE_INIT_FUNCTIONS[rope_type](config)
+    config_class = getattr(transformers, _CONFIG_CLASSES[str(config.get("model_type"))])
+    hf_config = config_class(**config.raw)
+    inv_freq, scaling = ROPE_INIT_FUNCTIONS[rope_type](hf_config)
     return inv_freq.float(), float(scaling)
