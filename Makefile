@@ -31,8 +31,8 @@ run: install
 	MODELHOST_DEMO=1 $(VENV)/bin/modelhost serve --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR)
 
 lint: install
-	$(VENV)/bin/ruff check src tests bench
-	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/ruff check src tests bench scripts
+	$(VENV)/bin/ruff format --check src tests bench scripts
 
 typecheck: install
 	$(VENV)/bin/mypy

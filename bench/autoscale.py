@@ -1,9 +1,11 @@
 """How much GPU time does modelhost's autoscaler save, and what does it cost in waiting?
 
-Runs each trace through a discrete-event simulation (bench/autoscale_sim.py) three times, with
+Runs each trace through a discrete-event simulation (bench/autoscale_sim.py) four times, with
 the real policy code: our policy (modelhost.autoscaler.policy), a Knative-KPA-style policy with
-Knative's published defaults (modelhost.autoscaler.kpa), and static provisioning at the trace's
-peak. Prints a table and the ratios, and writes bench/results/autoscale.json.
+Knative's published defaults (modelhost.autoscaler.kpa), a clairvoyant reference that reads the
+trace's future arrivals (bench/autoscale_oracle.py; a yardstick, not a runnable policy), and
+static provisioning at the trace's peak. Prints a table and the ratios, and writes
+bench/results/autoscale.json.
 
     .venv/bin/python bench/autoscale.py     # bursty, diurnal, spiky: 2 h each, seeds 1-3
     .venv/bin/python bench/autoscale.py --azure-trace AzureLLMInferenceTrace_conv.csv
@@ -25,6 +27,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from autoscale_oracle import clairvoyant
 from autoscale_sim import (
     Controller,
     ReplicaModel,
@@ -38,7 +41,7 @@ from modelhost.autoscaler.policy import ScalingContext, ScalingDecision
 from modelhost.domain.autoscaling import MAX_INSTANCES_LIMIT, AutoscalingSettings
 from traces import SYNTHETIC, Trace, read_azure_trace, write_azure_sample
 
-POLICIES = ("ours", "kpa", "static")
+POLICIES = ("ours", "kpa", "oracle", "static")
 # p95 queue waits closer than this count as equal: it is far below one decision interval and
 # below what a client can tell apart, and keeps float noise from deciding a comparison.
 EQUAL_WAIT_S = 0.05
@@ -103,6 +106,7 @@ def run_trace(
     runs: list[tuple[Controller[Any], int]] = [
         (Controller("ours", policy.decide, policy.PolicyState()), bounds.min_instances),
         (Controller("kpa", kpa.decide, kpa.KpaState()), bounds.min_instances),
+        (clairvoyant(trace, model, decision_interval_s), bounds.min_instances),
         (_static(peak), peak),
     ]
     summaries: dict[str, Summary] = {}
@@ -131,11 +135,14 @@ def verdict(summaries: dict[str, Summary]) -> dict[str, Any]:
     ours, kpa_run, static = summaries["ours"], summaries["kpa"], summaries["static"]
     vs_static = ours.gpu_hours / static.gpu_hours
     vs_kpa = ours.gpu_hours / kpa_run.gpu_hours
+    # The clairvoyant reference: how far below KPA knowing the future would get.
+    oracle_vs_kpa = summaries["oracle"].gpu_hours / kpa_run.gpu_hours
     static_goal = vs_static <= 0.6 and _wait_within(ours.wait_p95, 2 * static.wait_p95)
     kpa_goal = vs_kpa <= 0.8 and _wait_within(ours.wait_p95, kpa_run.wait_p95)
     return {
         "gpu_hours_ours_over_static": vs_static,
         "gpu_hours_ours_over_kpa": vs_kpa,
+        "gpu_hours_oracle_over_kpa": oracle_vs_kpa,
         "goal_vs_static": static_goal,
         "goal_vs_kpa": kpa_goal,
     }
@@ -166,6 +173,9 @@ def medians(report: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 ),
                 "gpu_hours_ours_over_kpa": statistics.median(
                     e["gpu_hours_ours_over_kpa"] for e in runs
+                ),
+                "gpu_hours_oracle_over_kpa": statistics.median(
+                    e["gpu_hours_oracle_over_kpa"] for e in runs
                 ),
                 "goal_vs_static_met": sum(e["goal_vs_static"] for e in runs),
                 "goal_vs_kpa_met": sum(e["goal_vs_kpa"] for e in runs),
@@ -212,7 +222,8 @@ def render(report: list[dict[str, Any]]) -> str:
         "trace",
         "ours/static GPU-h",
         "ours/KPA GPU-h",
-        "p95 wait ours / KPA / static s",
+        "oracle/KPA GPU-h",
+        "p95 wait ours / KPA / oracle / static s",
         "≤0.6x static, p95 ≤2x",
         "≤0.8x KPA, p95 ≤",
     )
@@ -221,6 +232,7 @@ def render(report: list[dict[str, Any]]) -> str:
             _label(e),
             f"{e['gpu_hours_ours_over_static']:.2f}",
             f"{e['gpu_hours_ours_over_kpa']:.2f}",
+            f"{e['gpu_hours_oracle_over_kpa']:.2f}",
             " / ".join(f"{e['results'][p]['wait_p95']:.2f}" for p in POLICIES),
             "met" if e["goal_vs_static"] else "MISSED",
             "met" if e["goal_vs_kpa"] else "MISSED",
@@ -232,12 +244,20 @@ def render(report: list[dict[str, Any]]) -> str:
     if any(m["runs"] > 1 for m in summary):
         lines.append("")
         lines += _table(
-            ("trace", "median ours/static", "median ours/KPA", "static goal", "KPA goal"),
+            (
+                "trace",
+                "median ours/static",
+                "median ours/KPA",
+                "median oracle/KPA",
+                "static goal",
+                "KPA goal",
+            ),
             [
                 (
                     m["trace"],
                     f"{m['gpu_hours_ours_over_static']:.2f}",
                     f"{m['gpu_hours_ours_over_kpa']:.2f}",
+                    f"{m['gpu_hours_oracle_over_kpa']:.2f}",
                     f"met {m['goal_vs_static_met']}/{m['runs']}",
                     f"met {m['goal_vs_kpa_met']}/{m['runs']}",
                 )

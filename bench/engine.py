@@ -8,7 +8,8 @@ one run, at each concurrency level:
             --engine builtin` and streams /v1/completions over HTTP; `--ours direct` drives the
             BuiltinGenerator in-process (no HTTP), for profiling the engine alone.
 - llamacpp: `python -m llama_cpp.server` from llama-cpp-python (installed in a separate venv,
-            --llama-python), streaming /v1/completions; it serves one request at a time.
+            --llama-python; started through bench/llamacpp_server.py, see there), streaming
+            /v1/completions; it serves one request at a time.
 - naive:    transformers `generate()` one request at a time, in-process, streaming through
             TextIteratorStreamer (what a naive wrapper does; no HTTP cost is charged to it).
 
@@ -28,7 +29,6 @@ import json
 import os
 import re
 import socket
-import statistics
 import subprocess
 import sys
 import threading
@@ -163,6 +163,7 @@ def http_client(base: str, extra: dict[str, Any]) -> tuple[Client, httpx.AsyncCl
         started = time.perf_counter()
         first: float | None = None
         tokens = 0
+        usage_tokens: int | None = None
         async with http.stream("POST", "/v1/completions", json=body) as response:
             response.raise_for_status()
             async for line in response.aiter_lines():
@@ -171,14 +172,18 @@ def http_client(base: str, extra: dict[str, Any]) -> tuple[Client, httpx.AsyncCl
                 chunk = json.loads(line[6:])
                 if "error" in chunk:
                     raise RuntimeError(chunk["error"])
+                if chunk.get("usage"):
+                    usage_tokens = int(chunk["usage"]["completion_tokens"])
                 for choice in chunk.get("choices", []):
                     if choice.get("text") or choice.get("finish_reason") is None:
                         tokens += 1
                         if first is None:
                             first = time.perf_counter() - started
         total = time.perf_counter() - started
-        # One chunk per token on both servers; the usage check keeps that honest.
-        return Sample(ttft_s=first if first is not None else total, total_s=total, tokens=tokens)
+        # Exact count from the usage chunk where the server sends one (modelhost does with
+        # stream_options.include_usage); otherwise one chunk per token (llama-cpp-python).
+        count = usage_tokens if usage_tokens is not None else tokens
+        return Sample(ttft_s=first if first is not None else total, total_s=total, tokens=count)
 
     return complete, http
 
@@ -280,7 +285,8 @@ async def direct_client(gguf: Path, max_batch: int, threads: int) -> tuple[Clien
         t0 = time.perf_counter()
         first: float | None = None
         tokens = 0
-        async for event in gen.generate(GenerationRequest(f"b{counter}", params, prompt=prompt)):
+        request = GenerationRequest(f"b{counter}", params, prompt=prompt)
+        async for _event in gen.generate(request):
             tokens += 1
             if first is None:
                 first = time.perf_counter() - t0
@@ -308,6 +314,10 @@ async def bench_peer(
     proc: subprocess.Popen[bytes] | None = None
     http: httpx.AsyncClient | None = None
     closer: Any = None
+    # Every peer gets the same OpenMP wait policy (the builtin engine sets PASSIVE itself;
+    # llama.cpp and torch in the naive peer use OpenMP too, and spinning collapses on a
+    # shared machine).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     max_level = max(args.levels)
     if peer == "ours" and args.ours == "http":
@@ -336,7 +346,8 @@ async def bench_peer(
         )
         info.notes["load_timings"] = parse_ready_line(logs / "ours.log")
         client, http = http_client(
-            f"http://127.0.0.1:{port}", {"model": "bench", "ignore_eos": True}
+            f"http://127.0.0.1:{port}",
+            {"model": "bench", "ignore_eos": True, "stream_options": {"include_usage": True}},
         )
     elif peer == "ours":
         client, closer, info.startup_s = await direct_client(gguf, max(max_level, 1), args.threads)
@@ -345,8 +356,7 @@ async def bench_peer(
         port = free_port()
         cmd = [
             args.llama_python,
-            "-m",
-            "llama_cpp.server",
+            str(ROOT / "bench" / "llamacpp_server.py"),
             "--model",
             str(gguf),
             "--host",
@@ -359,6 +369,9 @@ async def bench_peer(
             str(args.threads),
             "--n_threads_batch",
             str(args.threads),
+            # Queue concurrent requests; the default aborts the running one for the newcomer.
+            "--interrupt_requests",
+            "False",
         ]
         proc, info.startup_s = start_process(
             cmd, env, f"http://127.0.0.1:{port}/v1/models", logs / "llamacpp.log"

@@ -177,3 +177,30 @@ def test_tenants_never_see_each_other(api: Api) -> None:
     # Both still exist, untouched.
     assert api.client.get(f"/deploy/{ids['alice']}", headers=auth(alice)).status_code == 200
     assert api.client.get(f"/deploy/{ids['bob']}", headers=auth(bob)).status_code == 200
+
+
+def test_public_deployment_serves_other_users_but_stays_theirs(api: Api) -> None:
+    import time
+
+    alice, bob = api.new_user("alice"), api.new_user("bob")
+    r = api.client.post(
+        "/deploy/llm", json=body(model_name="open", public=True), headers=auth(alice)
+    )
+    dep = r.json()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if (
+            api.client.get(f"/deploy/{dep['deploy_id']}", headers=auth(alice)).json()["status"]
+            == "ready"
+        ):
+            break
+        time.sleep(0.2)
+    ask = {"model": "alice/open", "prompt": "hi", "max_tokens": 2}
+    r = api.client.post("/v1/openai/completions", json=ask, headers=auth(bob))
+    assert r.status_code == 200, r.text
+    assert "alice/open" in [
+        m["id"] for m in api.client.get("/v1/openai/models", headers=auth(bob)).json()["data"]
+    ]
+    # Public means usable, not manageable: the control plane still answers 404 to bob.
+    assert api.client.get(f"/deploy/{dep['deploy_id']}", headers=auth(bob)).status_code == 404
+    assert api.client.delete(f"/deploy/{dep['deploy_id']}", headers=auth(bob)).status_code == 404

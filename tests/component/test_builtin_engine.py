@@ -241,3 +241,33 @@ def test_tokenizer_matches_transformers(loaded: LoadedModel) -> None:
     messages = [{"role": "user", "content": "What is the capital of France?"}]
     expected = ref.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     assert loaded.decode_tokenizer.render_chat(messages) == expected
+
+
+def test_a_row_gets_the_same_logits_in_a_batch_of_70(loaded: LoadedModel) -> None:
+    """Kernel-level batch invariance where the engine's test above cannot reach cheaply:
+    decode steps with more rows than the LM head's invariant kernel range."""
+    from modelhost.engine.builtin.model import StepInput
+
+    model = loaded.model
+    cache = new_cache(model, 72, 64)
+
+    def decode(rows: int) -> torch.Tensor:
+        def ids(values: list[int]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.long)
+
+        step = StepInput(
+            tokens=ids([(17 * i) % 5000 for i in range(rows)]),
+            positions=ids([0] * rows),
+            slots=ids(list(range(rows))),
+            adapter_rows=ids([-1] * rows),
+            decode_rows=rows,
+            active_slots=rows,
+            slot_lengths=ids([1] * rows),
+            prefill=(),
+            sample_rows=ids(list(range(rows))),
+        )
+        return model.forward(step, cache)
+
+    alone = decode(1)
+    crowd = decode(70)
+    assert torch.equal(crowd[:1], alone)

@@ -16,6 +16,7 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
 sys.path.insert(0, str(BENCH))
 
 import autoscale  # noqa: E402
+from autoscale_oracle import clairvoyant, need_per_second  # noqa: E402
 from autoscale_sim import (  # noqa: E402
     Controller,
     ReplicaModel,
@@ -24,7 +25,11 @@ from autoscale_sim import (  # noqa: E402
     peak_replicas,
 )
 from modelhost.autoscaler import kpa, policy  # noqa: E402
-from modelhost.autoscaler.policy import ScalingContext, ScalingDecision  # noqa: E402
+from modelhost.autoscaler.policy import (  # noqa: E402
+    LoadSignals,
+    ScalingContext,
+    ScalingDecision,
+)
 from modelhost.domain.autoscaling import AutoscalingSettings  # noqa: E402
 from traces import (  # noqa: E402
     Request,
@@ -163,7 +168,7 @@ def test_cli_runs_an_azure_sample_and_writes_json(tmp_path: Path) -> None:
     document = json.loads(out.read_text())
     (entry,) = document["traces"]
     assert entry["trace"] == "azure_sample"
-    assert set(entry["results"]) == {"ours", "kpa", "static"}
+    assert set(entry["results"]) == {"ours", "kpa", "oracle", "static"}
     static_run = entry["results"]["static"]
     assert static_run["gpu_hours"] == pytest.approx(
         entry["static_replicas"] * static_run["end_s"] / 3600.0
@@ -178,3 +183,23 @@ def test_write_azure_sample_is_seeded(tmp_path: Path) -> None:
     second = write_azure_sample(tmp_path / "b.csv")
     assert first == second
     assert (tmp_path / "a.csv").read_text() == (tmp_path / "b.csv").read_text()
+
+
+def test_clairvoyant_reference_orders_replicas_a_cold_start_ahead() -> None:
+    model = ReplicaModel(max_batch_size=4, cold_start_s=20.0, tpot_base_s=0.1, tpot_growth=0.0)
+    # 60 requests of 1 + 99 steps (10 s each) arriving over 30 s from t=100: 20 slot-seconds
+    # per second on 4-slot replicas at 90% -> 6 replicas around t=100..130, none long before.
+    burst = tuple(Request(100.0 + i * 0.5, 512, 99) for i in range(60))
+    trace = Trace("b", burst, 300.0)
+    need = need_per_second(trace, model, 0.9)
+    assert max(need) >= 3
+    assert need[50] == 0
+    controller = clairvoyant(trace, model, 2.0)
+    settings = AutoscalingSettings(min_instances=0, max_instances=8)
+    for now, expected_positive in ((50.0, False), (80.0, True), (200.0, False)):
+        context = ScalingContext(now, settings, 4, 0, 0, LoadSignals(), 8, None)
+        assert (controller(context).desired > 0) == expected_positive, now
+    result = Simulation(trace, clairvoyant(trace, model, 2.0), model, settings, 2.0, 0, "o").run()
+    # Ready when the burst arrives: nobody waits for a cold start.
+    assert result.held_cold == 0
+    assert max(result.queue_wait_s) < model.cold_start_s

@@ -70,7 +70,7 @@ def test_decides_for_every_deployment_and_sets_desired() -> None:
     applied = scaler.run_once(2.0)
     assert [a.deploy_id for a in applied] == ["a", "b"]
     by_id = {call[0]: call[1] for call in target.calls}
-    assert by_id["a"] == 4  # 45 in flight + queued at target 9 -> 5, capped by max 4
+    assert by_id["a"] == 4  # 45 in flight + queued at target 10 -> 5, capped by max 4
     assert by_id["b"] == 1
     assert applied[0].previous_desired is None
     assert applied[0].changed
@@ -82,12 +82,13 @@ def test_state_is_kept_per_deployment_between_ticks() -> None:
     deployments.items = [deployment("a", current_replicas=3, ready_replicas=3)]
     signals.load["a"] = LoadSignals(in_flight=20)
     first = scaler.run_once(2.0)[0]
+    signals.load["a"] = LoadSignals(in_flight=24)
     second = scaler.run_once(4.0)[0]
     assert first.decision.desired == second.decision.desired == 3
     assert second.previous_desired == 3
     assert not second.changed
     # The window grew: the policy saw both samples.
-    assert "avg 20.0 over 60s" in second.decision.reason
+    assert "avg 22.0 over 20s" in second.decision.reason
 
 
 def test_one_failing_deployment_does_not_stop_the_others() -> None:

@@ -31,6 +31,7 @@ SETTINGS = AutoscalingSettings(
     panic_threshold=1.2,
     panic_headroom=1.0,
     cooldown_s=60.0,
+    scale_down_margin=0.0,
     idle_to_zero_s=300.0,
 )
 
@@ -121,15 +122,23 @@ def test_steady_load_sizes_to_target() -> None:
 def test_burst_scales_up_at_once_in_panic() -> None:
     driver = Driver()
     driver.run([4] * 30)
-    decision = driver.step(60)  # short window (4 + 4 + 60) / 3 = 22.7 >= 1.2 * 8
-    assert decision.panicking
-    assert decision.desired == 3
-    driver.step(60)
+    # The latest sample, 60 >= 1.2 * 8, is a burst before the short window's mean (22.7) is:
+    # straight to what it needs, 60 / 8 -> 8, while the stable window would still say 1.
     decision = driver.step(60)
-    # A whole panic window into the burst: straight to what it needs, 60 / 8 -> 8, while the
-    # stable window (mostly the quiet minute before) would still say 2.
     assert decision.panicking
     assert decision.desired == 8
+    assert "panic" in decision.reason
+
+
+def test_rising_load_scales_up_on_the_short_window_before_any_queue() -> None:
+    driver = Driver()
+    driver.run([6] * 30)
+    assert driver.replicas == 1
+    # 9 of 8 slots: under the panic threshold (9.6), but the short window needs 2 now; the
+    # stable window's average would have waited until the minute was mostly the new load.
+    desired = driver.run([9] * 3)
+    assert desired[-1] == 2
+    assert not driver.step(9).panicking
 
 
 def test_panic_headroom_sizes_bursts_for_growth() -> None:
@@ -154,13 +163,24 @@ def test_panic_never_scales_down(demand_after: int) -> None:
     assert decision.desired == high
 
 
-def test_flapping_signal_does_not_flap_replicas() -> None:
+@pytest.mark.parametrize(
+    ("low", "high", "changes", "final"),
+    [
+        # Within the 2 replicas' 16 slots: nothing to do.
+        (8, 16, 0, 2),
+        # Every other sample queues 4 requests (20 > 1.2 * 16): one scale-up, then it stays,
+        # because a scale-down never goes to a count the window's peaks would panic at.
+        (4, 20, 1, 3),
+    ],
+)
+def test_flapping_signal_does_not_flap_replicas(
+    low: int, high: int, changes: int, final: int
+) -> None:
     driver = Driver()
     driver.run([12] * 40)  # settle
-    desired = driver.run([4, 20] * 60)  # alternates every decision around an average of 12
-    changes = sum(1 for a, b in itertools.pairwise(desired) if a != b)
-    assert changes == 0
-    assert desired[-1] == 2
+    desired = driver.run([low, high] * 60)  # alternates every decision around an average of 12
+    assert sum(1 for a, b in itertools.pairwise(desired) if a != b) == changes
+    assert desired[-1] == final
 
 
 def test_scale_down_waits_for_cooldown_then_follows_the_stable_window() -> None:
@@ -177,8 +197,34 @@ def test_scale_down_waits_for_cooldown_then_follows_the_stable_window() -> None:
     first_down = next(t for t, d in zip(times, desired, strict=True) if d < 5)
     assert first_down - up_at >= SETTINGS.cooldown_s
     assert desired[-1] == 1
-    # Monotone on the way down: no scale-up while load is flat.
-    assert all(b <= a for a, b in itertools.pairwise(desired))
+    # Monotone on the way down, one replica per decision: no scale-up while load is flat.
+    assert all(0 <= a - b <= 1 for a, b in itertools.pairwise(desired))
+
+
+def test_scale_down_goes_in_steps_of_a_tenth() -> None:
+    settings = replace(SETTINGS, max_instances=64, cooldown_s=0.0)
+    state = PolicyState(last_desired=40, first_seen_at=-1000.0)
+    decision, state = decide(ctx(2.0, 8, current=40, settings=settings), state)
+    assert decision.desired == 36  # wants 1; a tenth of 40 per decision
+    decision, _ = decide(ctx(4.0, 8, current=36, settings=settings), state)
+    assert decision.desired == 33
+
+
+@pytest.mark.parametrize(
+    ("margin", "expected"),
+    [
+        # 23 concurrent requests fit 3 replicas of 8 slots...
+        (0.0, 3),
+        # ...but 3 replicas run bigger, slower batches than 4, so the concurrency would rise
+        # past 24: the margin keeps the 4th replica.
+        (0.1, 4),
+    ],
+)
+def test_scale_down_margin_is_hysteresis(margin: float, expected: int) -> None:
+    settings = replace(SETTINGS, cooldown_s=0.0, scale_down_margin=margin)
+    state = PolicyState(last_desired=4, first_seen_at=-1000.0, samples=((0.0, 23.0),))
+    decision, _ = decide(ctx(2.0, 23, current=4, settings=settings), state)
+    assert decision.desired == expected
 
 
 def test_cooldown_counts_from_the_latest_scale_up() -> None:
@@ -187,7 +233,7 @@ def test_cooldown_counts_from_the_latest_scale_up() -> None:
     assert decision.desired == 4
     assert "cooldown" in decision.reason
     decision, _ = decide(ctx(161.0, 0, current=4), state)
-    assert decision.desired == 1
+    assert decision.desired == 3
 
 
 def test_fresh_state_does_not_scale_down_on_a_half_empty_window() -> None:
@@ -195,7 +241,7 @@ def test_fresh_state_does_not_scale_down_on_a_half_empty_window() -> None:
     decision, state = decide(ctx(1000.0, 2, current=4), PolicyState())
     assert decision.desired == 4
     decision, _ = decide(ctx(1061.0, 2, current=4), state)
-    assert decision.desired == 1
+    assert decision.desired == 3
 
 
 def test_idle_goes_to_zero_only_with_min_zero_after_idle_period() -> None:
@@ -226,6 +272,115 @@ def test_never_used_deployment_with_min_zero_goes_to_standby() -> None:
         desired.append(decision.desired)
     assert desired[0] == 1
     assert desired[-1] == 0
+
+
+ZERO = replace(SETTINGS, min_instances=0, idle_to_zero_s=60.0, cooldown_s=0.0)
+LONG_AGO = PolicyState(first_seen_at=-10_000.0)
+
+
+@pytest.mark.parametrize(
+    ("case", "settings", "state", "current", "ready", "demand", "last_request", "expected"),
+    [
+        # The first replica of a min-0 deployment is still loading its weights, no request
+        # ever came, the idle period is long over: it must not be cancelled.
+        ("first replica loading", ZERO, LONG_AGO, 1, 0, 0, None, 1),
+        ("first replica loading, old request", ZERO, LONG_AGO, 1, 0, 0, -5000.0, 1),
+        # Two of five still starting after a burst that has gone: no scale-down at all,
+        # since the planner retires starting replicas first.
+        ("burst replicas starting", SETTINGS, replace(LONG_AGO, last_desired=5), 5, 3, 1, 0.0, 5),
+        (
+            "all ready: scale-down proceeds",
+            SETTINGS,
+            replace(LONG_AGO, last_desired=5),
+            5,
+            5,
+            1,
+            0.0,
+            4,
+        ),
+        # Ready since this decision (the state saw none ready before): idle counts from now.
+        ("just became ready", ZERO, replace(LONG_AGO, last_desired=1), 1, 1, 0, None, 1),
+        (
+            "ready and idle long enough",
+            ZERO,
+            replace(LONG_AGO, last_desired=1, ready_since=-100.0),
+            1,
+            1,
+            0,
+            None,
+            0,
+        ),
+        (
+            "request after ready counts",
+            ZERO,
+            replace(LONG_AGO, last_desired=1, ready_since=-100.0),
+            1,
+            1,
+            0,
+            -30.0,
+            1,
+        ),
+        # Lowering max_instances is the owner's explicit limit: it applies even to starting ones.
+        (
+            "max lowered below starting",
+            replace(SETTINGS, max_instances=2),
+            replace(LONG_AGO, last_desired=5),
+            5,
+            3,
+            1,
+            0.0,
+            2,
+        ),
+    ],
+)
+def test_scale_down_never_cancels_a_replica_still_starting(
+    case: str,
+    settings: AutoscalingSettings,
+    state: PolicyState,
+    current: int,
+    ready: int,
+    demand: int,
+    last_request: float | None,
+    expected: int,
+) -> None:
+    context = ctx(
+        0.0, demand, current=current, ready=ready, settings=settings, last_request_at=last_request
+    )
+    decision, _ = decide(context, state)
+    assert decision.desired == expected, case
+    if current > ready and expected == current:
+        assert "still starting" in decision.reason
+
+
+def test_slow_first_replica_gets_its_whole_idle_period_after_it_is_ready() -> None:
+    # min 0, idle_to_zero 60 s, and a first replica that needs 200 s to load its weights.
+    state = PolicyState()
+    desired: dict[float, int] = {}
+    for i in range(200):
+        now = 2.0 * i
+        ready = 1 if now >= 200.0 else 0
+        decision, state = decide(
+            ctx(now, 0, current=1, ready=ready, settings=ZERO, last_request_at=None), state
+        )
+        desired[now] = decision.desired
+    assert all(d == 1 for t, d in desired.items() if t < 260.0)
+    assert desired[262.0] == 0
+
+
+def test_panic_while_replicas_start_then_scale_down_once_ready() -> None:
+    settings = replace(SETTINGS, cooldown_s=0.0, stable_window_s=20.0)
+    state = PolicyState(last_desired=1, first_seen_at=-1000.0)
+    decision, state = decide(ctx(0.0, 40, current=1, settings=settings), state)
+    assert decision.panicking and decision.desired == 5
+    # The burst vanishes while the 4 new replicas start: held, panic or not.
+    now = 2.0
+    while now < 40.0:
+        decision, state = decide(ctx(now, 0, current=5, ready=1, settings=settings), state)
+        assert decision.desired == 5
+        now += 2.0
+    # Ready: the stable window (no load for 20 s now) releases them, one step at a time.
+    decision, state = decide(ctx(now, 0, current=5, ready=5, settings=settings), state)
+    assert decision.desired == 4
 
 
 def test_in_flight_work_blocks_scale_to_zero() -> None:

@@ -136,3 +136,24 @@ def test_unsupported_architecture_is_named(tmp_path: Path) -> None:
     )
     with pytest.raises(UnsupportedModel, match="GPT2LMHeadModel"):
         load_spec(tmp_path)
+
+
+def test_two_chunks_of_one_prompt_in_one_step(tmp_path: Path) -> None:
+    hf = tiny_checkpoint("llama", tmp_path)
+    model = load_model(tmp_path, load_spec(tmp_path), torch.float32, "cpu")
+    prompt = [5, 17, 99, 3, 42, 8, 77, 1, 2, 64]
+    step = StepInput(
+        tokens=ids(prompt),
+        positions=ids(list(range(10))),
+        slots=ids([0] * 10),
+        adapter_rows=ids([-1] * 10),
+        decode_rows=0,
+        active_slots=1,
+        slot_lengths=ids([10]),
+        prefill=(PrefillSpan(row=0, length=6, slot=0, start=0), PrefillSpan(6, 4, 0, 6)),
+        sample_rows=ids(list(range(10))),
+    )
+    out = model.forward(step, new_cache(model))
+    with torch.no_grad():
+        ref = hf(torch.tensor([prompt])).logits[0]
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)

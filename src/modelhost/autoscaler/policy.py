@@ -12,13 +12,18 @@ full, while Poisson-like arrivals make concurrency fluctuate by about sqrt(mean)
 therefore grows with sqrt(demand) (`headroom_stddevs`) on top of a per-replica target of
 `max_batch_size * scale_up_threshold`.
 
-Two windows: the stable window's average sets the steady-state count; the short panic window
-detects bursts. When the short window's demand reaches `panic_threshold` times the ready
-replicas' target capacity, the policy scales straight to what the burst needs (times
-`panic_headroom`, as the burst keeps growing while replicas start) and does not scale down until
-the burst has passed for a whole panic window. Scale-down waits `cooldown_s` after the
-last scale-up; scale to zero (only with `min_instances == 0`) waits `idle_to_zero_s` without a
-request and nothing in flight. Bounds, then capacity/quota (`placeable_max`), apply last.
+Asymmetric windows: scale up fast, scale down only when the longer window supports it. The short
+(panic) window's average sizes scale-ups at once. A scale-down needs the stable window's average,
+raised by `scale_down_margin` (fewer replicas run bigger, slower batches, which raises the
+concurrency they see), to fit fewer replicas; it then goes one step (a tenth of the replicas, at
+least one) per decision, never within `cooldown_s` of the last scale-up, and never while a replica
+is still starting (the planner would cancel that start first). When the short window's demand, or
+the latest sample, reaches `panic_threshold` times the ready replicas' target capacity, the policy
+scales straight to what the burst needs times `panic_headroom` (the burst keeps arriving and
+queueing while replicas start) and does not scale down until the burst has passed for a whole
+panic window. Scale to zero (only with `min_instances == 0`) waits `idle_to_zero_s` without a
+request and with nothing in flight, counted from the later of the last request and the moment
+the deployment had a ready replica. Bounds, then capacity/quota (`placeable_max`), apply last.
 """
 
 from __future__ import annotations
@@ -92,11 +97,20 @@ class PolicyState:
     # When this state first saw the deployment: stands in for the last scale-up after a restart
     # of the autoscaler, so a half-empty window can't trigger a scale-down.
     first_seen_at: float | None = None
+    # Since when the deployment has had a ready replica (None while it has none).
+    ready_since: float | None = None
+
+
+def window(
+    samples: Iterable[tuple[float, float]], now: float, window_s: float
+) -> list[tuple[float, float]]:
+    """The samples taken in the last `window_s` seconds."""
+    return [(at, value) for at, value in samples if at > now - window_s]
 
 
 def window_mean(samples: Iterable[tuple[float, float]], now: float, window_s: float) -> float:
     """Mean of the samples taken in the last `window_s` seconds (0 when there are none)."""
-    values = [value for at, value in samples if at > now - window_s]
+    values = [value for _, value in window(samples, now, window_s)]
     return sum(values) / len(values) if values else 0.0
 
 
@@ -156,24 +170,43 @@ def _plural(count: int) -> str:
     return f"{count} replica{'' if count == 1 else 's'}"
 
 
+def _starting(context: ScalingContext) -> int:
+    return max(context.current_replicas - context.ready_replicas, 0)
+
+
 def decide(context: ScalingContext, state: PolicyState) -> tuple[ScalingDecision, PolicyState]:
     settings = context.settings
     now = context.now
     demand = float(context.signals.demand)
-    # Trim with the current settings, so a live change of the window applies at once.
-    samples = tuple(s for s in state.samples if s[0] > now - settings.stable_window_s)
+    # Trim with the current settings, so a live change of a window applies at once.
+    keep_s = max(settings.stable_window_s, settings.panic_window_s)
+    samples = tuple(s for s in state.samples if s[0] > now - keep_s)
     samples += ((now, demand),)
     stable = window_mean(samples, now, settings.stable_window_s)
-    burst = window_mean(samples, now, settings.panic_window_s)
+    short = window_mean(samples, now, settings.panic_window_s)
+    # A step in load shows in the latest sample a few seconds before the short window's mean.
+    burst = max(short, demand)
 
     per_replica = context.max_batch_size * settings.scale_up_threshold
-    stable_want = replicas_for(stable, per_replica, settings.headroom_stddevs)
-    # A burst is sized with margin for its growth while the new replicas start.
-    burst_want = replicas_for(
-        burst * settings.panic_headroom, per_replica, settings.headroom_stddevs
+    up_want = replicas_for(short, per_replica, settings.headroom_stddevs)
+    # A scale-down must leave room for the concurrency it causes itself (bigger batches are
+    # slower per request), hence the margin: hysteresis between scaling up and down.
+    down_want = replicas_for(
+        stable * (1.0 + settings.scale_down_margin), per_replica, settings.headroom_stddevs
     )
+    # Nor to a count whose capacity the window's peaks would put in panic at once: a signal
+    # that keeps spiking over it would otherwise flap between scale-down and panic.
+    peak = max(value for _, value in window(samples, now, settings.stable_window_s))
+    if peak > 0:
+        down_want = max(down_want, math.floor(peak / (settings.panic_threshold * per_replica)) + 1)
     previous = state.last_desired if state.last_desired is not None else context.current_replicas
     first_seen = state.first_seen_at if state.first_seen_at is not None else now
+    # When the deployment last went from no ready replica to one: idle time for scale to zero
+    # counts from here at the earliest, so a replica is never dropped before it could serve.
+    # After an autoscaler restart that finds ready replicas, the restart stands in for it.
+    ready_since = state.ready_since if context.ready_replicas > 0 else None
+    if context.ready_replicas > 0 and ready_since is None:
+        ready_since = now
     notes: list[str] = []
 
     # Panic is judged against what is ready: replicas still starting serve nobody yet.
@@ -184,29 +217,18 @@ def decide(context: ScalingContext, state: PolicyState) -> tuple[ScalingDecision
     panicking = panic_until is not None and now < panic_until
 
     if panicking:
-        want = max(previous, stable_want, burst_want)
-        notes.append("panic: burst over the ready capacity, no scale-down")
-    else:
-        want = stable_want
-        idle_for = now - (
-            context.last_request_at if context.last_request_at is not None else first_seen
+        # Sized with margin for the burst's growth and its backlog while the replicas start.
+        burst_want = replicas_for(
+            burst * settings.panic_headroom, per_replica, settings.headroom_stddevs
         )
-        if want == 0 and previous > 0 and settings.min_instances == 0:
-            if demand > 0 or idle_for < settings.idle_to_zero_s:
-                want = 1
-                notes.append(f"idle {idle_for:.0f}s of {settings.idle_to_zero_s:g}s before zero")
-            else:
-                notes.append(f"idle {idle_for:.0f}s: scale to zero")
-        if want < previous:
-            since_up = now - (
-                state.last_scale_up_at if state.last_scale_up_at is not None else first_seen
-            )
-            if since_up < settings.cooldown_s:
-                notes.append(
-                    f"scale-down to {want} held by cooldown "
-                    f"({settings.cooldown_s - since_up:.0f}s left)"
-                )
-                want = previous
+        want = max(previous, up_want, burst_want)
+        notes.append("panic: burst over the ready capacity, no scale-down")
+    elif up_want > previous:
+        want = up_want
+    elif down_want < previous:
+        want = _scale_down(context, state, previous, down_want, first_seen, ready_since, notes)
+    else:
+        want = previous
 
     desired, capped_by, bound_notes = apply_bounds(context, want)
     notes.extend(bound_notes)
@@ -214,7 +236,7 @@ def decide(context: ScalingContext, state: PolicyState) -> tuple[ScalingDecision
     reason = (
         f"{describe_signals(context, per_replica)}"
         f" (avg {stable:.1f} over {settings.stable_window_s:g}s,"
-        f" {burst:.1f} over {settings.panic_window_s:g}s) → {_plural(desired)}"
+        f" {short:.1f} over {settings.panic_window_s:g}s) → {_plural(desired)}"
     )
     if notes:
         reason += "; " + "; ".join(notes)
@@ -226,5 +248,54 @@ def decide(context: ScalingContext, state: PolicyState) -> tuple[ScalingDecision
         last_scale_down_at=now if desired < previous else state.last_scale_down_at,
         panic_until=panic_until,
         first_seen_at=first_seen,
+        ready_since=ready_since,
     )
     return ScalingDecision(desired, reason, capped_by, panicking), new_state
+
+
+def _scale_down(
+    context: ScalingContext,
+    state: PolicyState,
+    previous: int,
+    want: int,
+    first_seen: float,
+    ready_since: float | None,
+    notes: list[str],
+) -> int:
+    """The count after a scale-down the stable window supports, or `previous` while one of the
+    rules that protect replicas holds it."""
+    settings = context.settings
+    now = context.now
+    starting = _starting(context)
+    if starting:
+        # The planner retires replicas that are still starting first, so any scale-down now
+        # would cancel a start that was paid for and never served (e.g. the first replica of a
+        # min-0 deployment, still loading its weights): wait until they are ready.
+        notes.append(
+            f"scale-down to {want} held: {starting} replica{'' if starting == 1 else 's'} "
+            "still starting"
+        )
+        return previous
+    since_up = now - (state.last_scale_up_at if state.last_scale_up_at is not None else first_seen)
+    if since_up < settings.cooldown_s:
+        notes.append(
+            f"scale-down to {want} held by cooldown ({settings.cooldown_s - since_up:.0f}s left)"
+        )
+        return previous
+    # In steps: a tenth of the replicas (at least one) per decision, so an estimate that was
+    # wrong costs one replica's cold start, not many, and the concurrency the remaining
+    # replicas see can be measured before the next step.
+    step = max(1, previous // 10)
+    if want >= 1 or settings.min_instances > 0:
+        return max(want, previous - step)
+    # Scale to zero: only after `idle_to_zero_s` without a request and with nothing in
+    # flight, counted from the later of the last request and the first ready replica.
+    if previous > 1:
+        return max(1, previous - step)
+    anchors = [at for at in (context.last_request_at, ready_since) if at is not None]
+    idle_for = now - (max(anchors) if anchors else first_seen)
+    if context.signals.demand > 0 or idle_for < settings.idle_to_zero_s:
+        notes.append(f"idle {idle_for:.0f}s of {settings.idle_to_zero_s:g}s before zero")
+        return 1
+    notes.append(f"idle {idle_for:.0f}s: scale to zero")
+    return 0

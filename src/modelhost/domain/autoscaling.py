@@ -36,41 +36,63 @@ class AutoscalingSettings:
     # DeepInfra's default too: no scale-out unless the owner opts in (and pays the quota for it).
     max_instances: int = 1
     # Target concurrency per replica as a fraction of max_batch_size. An LLM replica is a
-    # max_batch_size-slot server whose throughput *grows* with batch size, so it should run near
-    # full; the headroom for random fluctuation comes from `headroom_stddevs` below instead of a
-    # fixed 30% margin (Knative's 70%), which wastes GPUs on large deployments. 0.9 keeps a small
-    # fixed margin for the few seconds a new replica needs to be routed to.
-    scale_up_threshold: float = 0.9
+    # max_batch_size-slot server whose throughput *grows* with batch size (a batch of 32 does
+    # ~20x the work of a batch of 1 in ~1.6x the step time), so it should run full; the margin
+    # for random fluctuation comes from `headroom_stddevs` and bursts from the panic path, not
+    # from a fixed 30% of idle slots (Knative's 70%) on every replica. bench/autoscale.py: 0.95
+    # cost 2-4% more GPU-hours than 1.0 for no better p95 once the headroom below was in place.
+    scale_up_threshold: float = 1.0
     # Extra slots kept free, in standard deviations of the demand (Poisson-like arrivals make the
     # number of concurrent requests fluctuate by about sqrt(mean)): "square-root staffing".
     # At 2.0 the chance that a request must wait for a slot is ~3% (Halfin-Whitt), so the p95
     # queue wait stays at zero in steady state, while the headroom grows only with sqrt(load).
-    # bench/autoscale.py: 1.5 saved ~1% more GPU-hours but let p95 waits appear on bursty load.
+    # bench/autoscale.py: 1.75 saved ~1% more GPU-hours but let p95 waits appear on diurnal load.
     headroom_stddevs: float = 2.0
-    # Averaging window for the steady-state decision, Knative's default: long enough that a
-    # minute of noise doesn't move replicas, short enough to follow a diurnal ramp.
-    stable_window_s: float = 60.0
-    # Short window that detects bursts; 6 s (10% of the stable window, as in Knative) averages
-    # 3 decisions at the 2 s loop interval, so one noisy sample can't trigger a panic.
+    # The window whose average demand must support a scale-down (scale-up reacts to the panic
+    # window below: scaling is asymmetric). 20 s is about one cold start: long enough that one
+    # noisy sample can't release a replica (the average of ~10 decisions, ~3 request lifetimes),
+    # short enough that a replica freed by a load drop stops being billed within half a minute.
+    # Knative's 60 s kept replicas 40 s longer after every drop in bench/autoscale.py (2-4% more
+    # GPU-hours); flapping is prevented by `scale_down_margin`, one-step scale-downs and
+    # `cooldown_s` instead of by a long window.
+    stable_window_s: float = 20.0
+    # Short window that drives scale-up and detects bursts; 6 s (as in Knative) averages 3
+    # decisions at the 2 s loop interval, so one noisy sample can't order a replica, yet a
+    # rising load is seen within a few seconds, while the new replica's cold start still lies
+    # ahead. bench/autoscale.py: a 12 s scale-up window saved ~2% GPU-hours but let p95 waits
+    # rise above Knative's on bursty load.
     panic_window_s: float = 6.0
-    # Panic when the short-window demand reaches this multiple of the ready replicas' target
-    # capacity. At 1.2 x 0.9 = 108% of max_batch_size requests are already queueing, which is
-    # the moment waiting starts to hurt; Knative's 200% would let the queue grow 2x first.
+    # Panic when the short-window demand, or the latest sample, reaches this multiple of the
+    # ready replicas' target capacity: at 1.2 a fifth of the slots' worth of requests is
+    # already queueing, which can only be a burst for a deployment sized with the headroom
+    # above; Knative's 200% would let the queue grow 2x first. The latest sample counts so that
+    # a step in load is acted on one decision earlier (each second of delay is a second of
+    # queueing for every request of the burst).
     panic_threshold: float = 1.2
     # In panic, size for the burst's demand times this. A burst keeps arriving during the
-    # ~20 s a new replica takes to start, so replicas sized for the demand seen when they were
-    # ordered are too few once they are ready, and the backlog then drains slowly. 1.5 matched
-    # or beat Knative's p95 queue wait on every simulated bursty/spiky trace (1.0 and 1.2
-    # didn't), for ~1% more GPU-hours: bursts are short, the cost is bounded by the cooldown.
-    panic_headroom: float = 1.5
-    # Seconds after the last scale-up before any scale-down. Longer than a GPU replica's start
-    # (~20 s), so a replica isn't released right after its start was paid for; the stable
-    # window already damps noise, and bench/autoscale.py found 60 s cost 2-3% more GPU-hours
-    # than 30 s for no better p95.
-    cooldown_s: float = 30.0
-    # With min_instances 0: scale to zero after this long without a request. A cold start of a
-    # GPU model costs 20 s-minutes of latency for the next caller; five minutes of idle GPU is
-    # cheaper than that for any endpoint that sees traffic more often than every few minutes.
+    # ~20 s a new replica takes to start, and the requests queued meanwhile must be drained
+    # before newcomers stop waiting: replicas sized for the demand seen when they were ordered
+    # leave a backlog that drains slowly. bench/autoscale.py: 2.0 halved the p95 queue wait
+    # of the spikiest trace against 1.5 for <1% more GPU-hours (bursts are short, and the cost
+    # is bounded by max_instances and the one-step scale-down).
+    panic_headroom: float = 2.0
+    # Seconds after the last scale-up before any scale-down (a replica still starting is never
+    # cancelled anyway, see the policy). About one GPU cold start, so a replica isn't released
+    # right after its start was paid for; bench/autoscale.py: 30 s cost ~1-2% more GPU-hours
+    # than 20 s for no better p95.
+    cooldown_s: float = 20.0
+    # Hysteresis for scale-down: fewer replicas are chosen only if the stable window's demand,
+    # raised by this fraction, still fits them. Removing replicas raises the batch on the
+    # others, which makes each step slower and so *raises* the concurrent-request count for
+    # the same traffic (e.g. batch 20 -> 28 at 2% per sequence is +12%); without the margin the
+    # policy removes a replica, sees the concurrency rise, adds it back and pays another cold
+    # start. bench/autoscale.py: 0.06 let that happen (p95 waits on diurnal); 0.2 held replicas
+    # longer for no better p95.
+    scale_down_margin: float = 0.12
+    # With min_instances 0: scale to zero after this long without a request, counted from the
+    # later of the last request and the moment the deployment had a ready replica. A cold start
+    # of a GPU model costs 20 s-minutes of latency for the next caller; five minutes of idle GPU
+    # is cheaper than that for any endpoint that sees traffic more often than every few minutes.
     idle_to_zero_s: float = 300.0
 
     def to_dict(self) -> dict[str, int | float]:
@@ -92,6 +114,7 @@ _RANGES: dict[str, tuple[float, float, bool]] = {
     "panic_threshold": (1.0, 10.0, True),
     "panic_headroom": (1.0, 5.0, True),
     "cooldown_s": (0.0, 86400.0, True),
+    "scale_down_margin": (0.0, 1.0, True),
     "idle_to_zero_s": (0.0, 7 * 86400.0, True),
 }
 

@@ -25,6 +25,7 @@ from modelhost.engine.builtin.kv_cache import SlotKVCache, round_up
 from modelhost.engine.builtin.spec import ModelSpec
 
 KEY_BLOCK = 32  # attention key lengths are padded to a multiple of this (batch invariance)
+_LM_HEAD_ROWS = 128  # see forward(): larger LM-head batches are not row-invariant
 _PACK_HINT = 16  # oneDNN blocks packed weights for this many rows; fastest from 1 to 64 rows
 
 
@@ -195,7 +196,12 @@ class CausalLM:
             gate, up = layer.gate_up(h).chunk(2, dim=-1)
             x = x + layer.down(F.silu(gate) * up)
         last = _rms_norm(x[step.sample_rows], self.norm, spec.rms_norm_eps)
-        return self.lm_head(last).float()
+        if last.shape[0] <= _LM_HEAD_ROWS:
+            return self.lm_head(last).float()
+        # oneDNN's kernel for the (vocab x hidden) LM head changes a row's bits from 64 rows
+        # up; blocks of at most 32 rows keep every row's logits independent of the batch.
+        blocks = [self.lm_head(part) for part in torch.split(last, _LM_HEAD_ROWS)]
+        return torch.cat(blocks).float()
 
     def _decode_mask(self, step: StepInput) -> tuple[torch.Tensor | None, int]:
         if not step.decode_rows:

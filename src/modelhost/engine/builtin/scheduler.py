@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+IDLE_PREFILL_CHUNKS = 4  # prompt chunks per step when no sequence is decoding
+
 
 @dataclass(eq=False)
 class Sequence:
@@ -137,16 +139,20 @@ class Scheduler:
             joined.append(seq)
         decode = [s for s in self.slots if not s.in_prefill]
         prefill: list[Chunk] = []
-        budget = self.chunk_size
+        # The bound protects running streams from a long prefill; with nothing decoding there is
+        # nobody to stall, and bigger steps run the matmuls more efficiently (lower TTFT when a
+        # burst of requests arrives at an idle engine).
+        budget = self.chunk_size if decode else self.chunk_size * IDLE_PREFILL_CHUNKS
         # Oldest prompts first, so a burst of arrivals is served in arrival order.
         for seq in sorted((s for s in self.slots if s.in_prefill), key=lambda s: s.seq_id):
-            boundary = (seq.computed // self.chunk_size + 1) * self.chunk_size
-            end = min(seq.prompt_len, boundary)
-            size = end - seq.computed
-            if prefill and size > budget:
-                break
-            prefill.append(Chunk(seq, seq.computed, end))
-            budget -= size
-            if budget <= 0:
-                break
+            start = seq.computed
+            while start < seq.prompt_len and budget > 0:
+                end = min(seq.prompt_len, (start // self.chunk_size + 1) * self.chunk_size)
+                if prefill and end - start > budget:
+                    return StepPlan(decode=decode, prefill=prefill, joined=joined)
+                # Several chunks of one prompt may share a step: each layer writes every row's
+                # keys before any row attends, so a chunk sees the chunks before it.
+                prefill.append(Chunk(seq, start, end))
+                budget -= end - start
+                start = end
         return StepPlan(decode=decode, prefill=prefill, joined=joined)
