@@ -91,7 +91,7 @@ modelhost demo: admin/{DEMO_NAME} is ready. Try it:
          "messages": [{{"role": "user", "content": "{question}"}}]}}'
 
   modelhost login --url {url} --token "{token_ref}"
-  modelhost chat admin/{DEMO_NAME} --message "{question}"
+  modelhost chat admin/{DEMO_NAME} --temperature 0 --max-tokens 64 --message "{question}"
 """,
         flush=True,
     )

@@ -71,11 +71,24 @@ class TokenEvent:
 
 
 @dataclass(frozen=True)
+class AdapterState:
+    """One LoRA adapter an engine has loaded at least once (for /v1/adapters and metrics)."""
+
+    adapter_id: str
+    resident: bool
+    in_use: int  # sequences using it now (queued or running)
+    loads: int  # times it was loaded (again after each eviction)
+    load_seconds: float | None  # the last load, from disk to usable in the batch
+    load_seconds_total: float = 0.0
+
+
+@dataclass(frozen=True)
 class EngineStats:
     running: int
     waiting: int
     max_batch_size: int
     extra: dict[str, float] = field(default_factory=dict)
+    adapters: tuple[AdapterState, ...] = ()  # multi-LoRA engines: every adapter seen
 
 
 class GeneratorError(Exception):

@@ -37,6 +37,9 @@ def build_generator(args: EngineArgs) -> BuiltinGenerator:
         ),
         device=args.device,
         options=options,
+        adapter_dir=args.adapter_dir,
+        max_active_adapters=args.max_active_adapters,
+        preload_adapters=args.preload_adapters,
     )
 
 

@@ -19,6 +19,7 @@ import torch
 
 from modelhost.engine.builtin.detokenizer import IncrementalDetokenizer
 from modelhost.engine.builtin.kv_cache import CacheShape, SlotKVCache
+from modelhost.engine.builtin.lora import LoraStack
 from modelhost.engine.builtin.model import CausalLM, PrefillSpan, StepInput
 from modelhost.engine.builtin.sampling import RowSampler, Sampled, sample
 from modelhost.engine.builtin.scheduler import Chunk, Scheduler, Sequence
@@ -71,6 +72,10 @@ class EngineCore:
         self.cache = SlotKVCache(shape, max_batch_size, context_length)
         self.jobs: dict[int, Job] = {}  # by seq_id
         self.commands: queue.SimpleQueue[tuple[str, Job | None]] = queue.SimpleQueue()
+        # Multi-LoRA: resident adapters' weights (set by the generator), and work that must run
+        # on this thread between steps (installing an adapter into the stack).
+        self.lora: LoraStack | None = None
+        self.calls: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self.steps = 0
         self.generated_tokens = 0
         # Where step time goes (exported in stats; the benchmark reads them).
@@ -86,6 +91,11 @@ class EngineCore:
 
     def stop(self) -> None:
         self.commands.put(("stop", None))
+
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        """Run `fn` on the engine thread before anything submitted after it."""
+        self.calls.put(fn)
+        self.commands.put(("call", None))
 
     # -- engine thread ---------------------------------------------------------------------
     def run_forever(self) -> None:
@@ -116,6 +126,9 @@ class EngineCore:
             first = False
             if kind == "stop":
                 return False
+            if kind == "call":
+                self.calls.get_nowait()()
+                continue
             assert job is not None
             if kind == "submit":
                 self.jobs[job.seq.seq_id] = job
@@ -155,7 +168,11 @@ class EngineCore:
         step = self._build_input(plan.decode, plan.prefill)
         self.cache.ensure(sched.running, int(step.slot_lengths.max()))
         forward_started = time.perf_counter()
-        logits = self.model.forward(step, self.cache).cpu()
+        lora = None
+        if self.lora is not None:
+            spans = [(span.row, span.length) for span in step.prefill]
+            lora = self.lora.for_step(step.adapter_rows, step.decode_rows, spans)
+        logits = self.model.forward(step, self.cache, lora).cpu()
         self.forward_seconds += time.perf_counter() - forward_started
         sampled_jobs: list[Job] = [self.jobs[s.seq_id] for s in plan.decode]
         for seq in plan.decode:

@@ -18,8 +18,10 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
+from modelhost.engine.builtin.adapter_host import BuiltinAdapters
 from modelhost.engine.builtin.detokenizer import IncrementalDetokenizer
 from modelhost.engine.builtin.engine import EngineCore, Job, start_thread
 from modelhost.engine.builtin.loader import LoadedModel, load
@@ -33,7 +35,6 @@ from modelhost.engine.protocol import (
     GeneratorError,
     SamplingParams,
     TokenEvent,
-    UnknownAdapter,
 )
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,9 @@ class BuiltinGenerator:
         device: str = "cpu",
         options: BuiltinOptions | None = None,
         preloaded: LoadedModel | None = None,
+        adapter_dir: str | None = None,
+        max_active_adapters: int = 32,
+        preload_adapters: tuple[str, ...] = (),
     ) -> None:
         self._name = served_model_name
         self._max_batch_size = max_batch_size
@@ -71,6 +75,7 @@ class BuiltinGenerator:
         self._next_id = 0
         self._seeds = random.Random(self._options.seed) if self._options.seed is not None else None
         self.timings: dict[str, float] = {}
+        self._adapters = BuiltinAdapters(adapter_dir, max_active_adapters, preload_adapters)
 
     # -- Generator protocol ----------------------------------------------------------------
     @property
@@ -111,7 +116,9 @@ class BuiltinGenerator:
             kv_budget_tokens=loaded.kv_budget_tokens,
             sink=self._sink,
         )
+        self._adapters.attach(core)
         self._thread = start_thread(core)
+        await self._adapters.preload()  # resident before the replica reports ready
         self._core = core
         self.timings = {**loaded.timings, "start_s": time.perf_counter() - started}
         t = self.timings
@@ -144,11 +151,15 @@ class BuiltinGenerator:
         running = core.scheduler.running
         # Counted from the streams: also covers requests not yet picked up by the engine.
         waiting = max(0, len(self._queues) - running)
+        stack = self._adapters.stack
         return EngineStats(
             running=running,
             waiting=waiting,
             max_batch_size=self._max_batch_size,
+            adapters=self._adapters.states(),
             extra={
+                "adapters_resident": float(self._adapters.pool.resident),
+                "adapter_stack_bytes": float(stack.allocated_bytes if stack else 0),
                 "kv_cache_bytes": float(core.cache.allocated_bytes),
                 "engine_steps": float(core.steps),
                 "generated_tokens": float(core.generated_tokens),
@@ -166,11 +177,9 @@ class BuiltinGenerator:
         loaded = self._loaded_or_fail()
         if self._core is None:
             raise GeneratorError("the engine is not running")
-        if request.adapter_id is not None:
-            raise UnknownAdapter(
-                f"adapter {request.adapter_id!r} is not available: the builtin engine serves "
-                "the base model only"
-            )
+        # Raises UnknownAdapter unless <adapter_dir>/<id>/ holds an adapter.
+        adapter = request.adapter_id
+        folder = self._adapters.check(adapter) if adapter is not None else None
         params = request.params
         _validate(params)
         prompt = loaded.prompts.encode(request)
@@ -205,7 +214,7 @@ class BuiltinGenerator:
             ignore_eos=params.ignore_eos,
             report_seed=seed if params.temperature > 0 else None,
         )
-        return self._stream(job)
+        return self._stream(job, adapter, folder)
 
     # -- internals -------------------------------------------------------------------------
     def _loaded_or_fail(self) -> LoadedModel:
@@ -218,12 +227,21 @@ class BuiltinGenerator:
             return self._seeds.getrandbits(63)
         return secrets.randbits(63)
 
-    async def _stream(self, job: Job) -> AsyncIterator[TokenEvent]:
+    async def _stream(
+        self, job: Job, adapter: str | None = None, folder: Path | None = None
+    ) -> AsyncIterator[TokenEvent]:
         core = self._core
         if core is None:
             raise GeneratorError("the engine is not running")
         q: asyncio.Queue[_Item] = asyncio.Queue()
         self._queues[job.seq.seq_id] = q
+        if adapter is not None and folder is not None:
+            try:
+                # Loads it first if needed (other sequences keep running meanwhile).
+                job.seq.adapter_index = await self._adapters.acquire(adapter, folder)
+            except BaseException:
+                self._queues.pop(job.seq.seq_id, None)
+                raise
         core.submit(job)
         finished = False
         try:
@@ -242,6 +260,8 @@ class BuiltinGenerator:
             self._queues.pop(job.seq.seq_id, None)
             if not finished:
                 core.cancel(job)  # the client went away: free the slot at once
+            if adapter is not None:
+                self._adapters.release(adapter)
 
     def _sink(self, jobs: list[Job]) -> None:
         """Engine thread: hand this step's events to the loop in one callback."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -24,8 +25,11 @@ import torch.nn.functional as F
 from modelhost.engine.builtin.kv_cache import SlotKVCache, round_up
 from modelhost.engine.builtin.spec import ModelSpec
 
+if TYPE_CHECKING:
+    from modelhost.engine.builtin.lora import StepLora
+
 KEY_BLOCK = 32  # attention key lengths are padded to a multiple of this (batch invariance)
-_LM_HEAD_ROWS = 128  # see forward(): larger LM-head batches are not row-invariant
+_LM_HEAD_ROWS = 32  # see forward(): larger LM-head batches are not row-invariant
 _PACK_HINT = 16  # oneDNN blocks packed weights for this many rows; fastest from 1 to 64 rows
 
 
@@ -156,9 +160,11 @@ class CausalLM:
         )
 
     @torch.inference_mode()
-    def forward(self, step: StepInput, cache: SlotKVCache) -> torch.Tensor:
+    def forward(
+        self, step: StepInput, cache: SlotKVCache, lora: StepLora | None = None
+    ) -> torch.Tensor:
         """Run one step, writing the new keys/values into `cache`; returns float32 logits
-        [len(sample_rows), vocab]."""
+        [len(sample_rows), vocab]. `lora` adds each row's adapter delta (lora.py)."""
         spec = self.spec
         nh, nkv, hd = spec.num_heads, spec.num_kv_heads, spec.head_dim
         t = step.tokens.shape[0]
@@ -169,9 +175,13 @@ class CausalLM:
         decode_mask, key_len = self._decode_mask(step)
         prefill_masks = [self._prefill_mask(span) for span in step.prefill]
         flat_index = step.slots * cache.length_capacity + step.positions  # rows of a flat view
-        for layer, keys, values in zip(self.layers, cache.keys, cache.values, strict=True):
+        for i, (layer, keys, values) in enumerate(
+            zip(self.layers, cache.keys, cache.values, strict=True)
+        ):
             h = _rms_norm(x, layer.input_norm, spec.rms_norm_eps)
             qkv = layer.qkv(h)
+            if lora is not None:
+                lora.add(i, "qkv", h, qkv)
             # RoPE on q and k in one go; flip(halves) * signed sin == rotate_half(x) * sin.
             qk = qkv[:, : (nh + nkv) * hd].view(t, nh + nkv, hd)
             swapped = qk.view(t, nh + nkv, 2, half).flip(-2).view(t, nh + nkv, hd)
@@ -191,10 +201,20 @@ class CausalLM:
             for span, mask in zip(step.prefill, prefill_masks, strict=True):
                 rows = slice(span.row, span.row + span.length)
                 attn[rows] = self._prefill_attention(q[rows], span, keys, values, mask)
-            x = x + layer.o_proj(attn)
+            o = layer.o_proj(attn)
+            if lora is not None:
+                lora.add(i, "o", attn, o)
+            x = x + o
             h = _rms_norm(x, layer.post_norm, spec.rms_norm_eps)
-            gate, up = layer.gate_up(h).chunk(2, dim=-1)
-            x = x + layer.down(F.silu(gate) * up)
+            gate_up = layer.gate_up(h)
+            if lora is not None:
+                lora.add(i, "gate_up", h, gate_up)
+            gate, up = gate_up.chunk(2, dim=-1)
+            act = F.silu(gate) * up
+            down = layer.down(act)
+            if lora is not None:
+                lora.add(i, "down", act, down)
+            x = x + down
         last = _rms_norm(x[step.sample_rows], self.norm, spec.rms_norm_eps)
         if last.shape[0] <= _LM_HEAD_ROWS:
             return self.lm_head(last).float()
