@@ -28,6 +28,7 @@ import asyncio
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -340,6 +341,7 @@ async def bench_peer(
             str(args.threads),
             "--context-length",
             "2048",
+            *args.ours_args.split(),
         ]
         proc, info.startup_s = start_process(
             cmd, env, f"http://127.0.0.1:{port}/health", logs / "ours.log"
@@ -390,8 +392,10 @@ async def bench_peer(
         await client(prompts(1)[0], 4)
         for level in args.levels:
             requests = max(level * args.requests_per_stream, args.min_requests)
-            if peer == "naive":
-                requests = max(level, args.min_requests)  # serial: more would only take longer
+            if peer in ("naive", "llamacpp"):
+                # They serve one request at a time: one request per stream already queues
+                # `level` deep; more would only make the run longer.
+                requests = max(level, 4)
             result = await run_level(peer, client, level, requests, args.max_tokens)
             print(
                 f"  {peer:9s} c={level:3d}: {result.tokens_per_s:7.1f} tok/s, TTFT p50 "
@@ -450,6 +454,7 @@ async def main() -> None:
     parser.add_argument("--min-requests", type=int, default=8)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--ours", choices=["http", "direct"], default="http")
+    parser.add_argument("--ours-args", default="", help="extra builtin engine flags (http mode)")
     parser.add_argument("--llama-python", default="/work/bench-venv/bin/python")
     parser.add_argument("--gguf", default=None)
     parser.add_argument("--out", default=None)
@@ -487,5 +492,10 @@ async def main() -> None:
     print(f"results: {out}")
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    raise SystemExit(f"stopped by signal {signum}")  # unwinds, so peer processes are stopped
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _terminate)
     asyncio.run(main())

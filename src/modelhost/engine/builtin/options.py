@@ -24,7 +24,7 @@ class BuiltinOptions:
     dtype: str = "auto"  # "auto": bfloat16 (see docs/engine-builtin.md for why)
     context_length: int | None = None  # None: the model's own maximum
     threads: int | None = None  # None: every core this process may run on
-    max_prefill_tokens: int = 256  # prompt tokens computed per step (chunked prefill)
+    max_prefill_tokens: int = 512  # prompt tokens computed per step (chunked prefill)
     kv_cache_gb: float = 4.0  # memory the KV cache may reserve
     seed: int | None = None  # base of the random seeds given to unseeded requests
     cache_dir: Path | None = None  # None: MODELHOST_CACHE_DIR or ~/.cache/modelhost
@@ -35,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto")
     p.add_argument("--context-length", type=int, default=None)
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--max-prefill-tokens", type=int, default=256)
+    p.add_argument("--max-prefill-tokens", type=int, default=512)
     p.add_argument("--kv-cache-gb", type=float, default=4.0)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--cache-dir", default=None)
