@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from modelhost.client_adapters import AdapterCalls
 from modelhost.client_errors import (
     ModelhostAPIError,
     ModelhostConnectionError,
@@ -65,7 +66,7 @@ def _since_param(since: SinceT) -> str:
     return str(since.timestamp()) if isinstance(since, datetime) else str(since)
 
 
-class Client:
+class Client(AdapterCalls):
     """Synchronous client. `transport` replaces the network layer (e.g. `httpx.MockTransport`
     in unit tests, or `httpx.HTTPTransport(retries=3)`); httpx.ASGITransport is async-only, so to
     drive an in-process app run it under uvicorn on 127.0.0.1 and pass its URL instead."""

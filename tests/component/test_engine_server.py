@@ -84,7 +84,12 @@ async def test_info_stats_models(engine: tuple[SimulatorGenerator, httpx.AsyncCl
     info = (await c.get("/info")).json()
     assert info["model_id"] == "acme/base" and info["max_concurrent_requests"] == 4
     assert info["max_total_tokens"] == 4096 and info["max_input_length"] == 4095
-    assert (await c.get("/stats")).json() == {"running": 0, "waiting": 0, "max_batch_size": 4}
+    assert (await c.get("/stats")).json() == {
+        "running": 0,
+        "waiting": 0,
+        "max_batch_size": 4,
+        "adapters_resident": 0,
+    }
     models = (await c.get("/v1/models")).json()
     assert models["object"] == "list"
     assert [(m["id"], m["object"], m["max_model_len"]) for m in models["data"]] == [

@@ -70,14 +70,14 @@ def test_cancel_while_waiting_and_double_remove() -> None:
 
 def test_prefill_is_chunked_at_fixed_boundaries_and_bounded_per_step() -> None:
     sched = Scheduler(max_batch_size=8, max_prefill_tokens=16, kv_budget_tokens=10_000)
-    running = seq(9, 4)
-    sched.add(running)
+    sched.add(seq(8, 4))
+    sched.add(seq(9, 4))
     finish_prefill(sched.plan().prefill, sched)
     long, short = seq(1, 40), seq(2, 5)
     sched.add(long)
     sched.add(short)
     plan = sched.plan()
-    # A sequence is decoding, so one chunk's worth of prompt tokens per step, oldest first.
+    # As many streams decode as prompts wait: one chunk of prompt tokens per step, oldest first.
     assert [(c.seq.seq_id, c.start, c.end) for c in plan.prefill] == [(1, 0, 16)]
     finish_prefill(plan.prefill, sched)
     plan = sched.plan()
@@ -88,7 +88,18 @@ def test_prefill_is_chunked_at_fixed_boundaries_and_bounded_per_step() -> None:
     assert all(c.completes_prompt for c in plan.prefill)
     finish_prefill(plan.prefill, sched)
     plan = sched.plan()
-    assert plan.prefill == [] and [s.seq_id for s in plan.decode] == [9, 1, 2]
+    assert plan.prefill == [] and [s.seq_id for s in plan.decode] == [8, 9, 1, 2]
+
+
+def test_more_prompts_than_running_streams_get_more_chunks_per_step() -> None:
+    sched = Scheduler(max_batch_size=8, max_prefill_tokens=16, kv_budget_tokens=10_000)
+    sched.add(seq(1, 4))
+    finish_prefill(sched.plan().prefill, sched)
+    for i in range(2, 5):
+        sched.add(seq(i, 10))
+    plan = sched.plan()
+    # One stream decodes, three prompts wait: three chunks' worth (48 tokens) this step.
+    assert [(c.seq.seq_id, c.end) for c in plan.prefill] == [(2, 10), (3, 10), (4, 10)]
 
 
 def test_an_idle_engine_prefills_several_chunks_per_step_at_the_same_boundaries() -> None:
@@ -97,7 +108,7 @@ def test_an_idle_engine_prefills_several_chunks_per_step_at_the_same_boundaries(
     sched.add(long)
     sched.add(short)
     plan = sched.plan()
-    # Nothing decodes: up to IDLE_PREFILL_CHUNKS chunks, still cut at multiples of 16.
+    # Nothing decodes: up to MAX_PREFILL_CHUNKS chunks, still cut at multiples of 16.
     chunks = [(c.seq.seq_id, c.start, c.end) for c in plan.prefill]
     assert chunks == [(1, 0, 16), (1, 16, 32), (1, 32, 40), (2, 0, 16)]
     finish_prefill(plan.prefill, sched)

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from modelhost.cli import auth, chat, deploy, logs, models, serve, tokens, users
+from modelhost.cli import adapters, auth, chat, deploy, logs, models, serve, tokens, users
 from modelhost.cli.session import ApiErrorGroup
 
 app = typer.Typer(
@@ -49,6 +49,7 @@ app.add_typer(deploy.app, name="deploy")
 logs.register(app)
 chat.register(app)
 app.add_typer(models.app, name="models")
+app.add_typer(adapters.app, name="adapters")
 app.add_typer(tokens.app, name="tokens")
 app.add_typer(users.app, name="users")
 

@@ -27,7 +27,7 @@ ADAPTER_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 CONFIG_FILE = "adapter_config.json"
 
 # Loads an adapter into the given slot (engine-specific); raises GeneratorError when it can't.
-Loader = Callable[[str, Path, int], Awaitable[None]]
+Loader = Callable[[str, Path | None, int], Awaitable[None]]
 
 
 def resolve_adapter(adapter_dir: Path | None, adapter_id: str) -> Path:
@@ -47,7 +47,7 @@ def resolve_adapter(adapter_dir: Path | None, adapter_id: str) -> Path:
 @dataclass(eq=False)
 class _Entry:
     adapter_id: str
-    folder: Path
+    folder: Path | None
     slot: int
     users: int = 0
     loading: asyncio.Task[None] | None = None
@@ -101,7 +101,7 @@ class AdapterPool:
             )
         return tuple(out)
 
-    async def acquire(self, adapter_id: str, folder: Path) -> int:
+    async def acquire(self, adapter_id: str, folder: Path | None) -> int:
         """Make the adapter resident and mark it in use; returns its slot. Waits while it
         loads, or while every slot is in use by other adapters."""
         while True:
@@ -142,7 +142,7 @@ class AdapterPool:
         if entry.users == 0:
             self._notify()
 
-    async def preload(self, adapter_id: str, folder: Path) -> None:
+    async def preload(self, adapter_id: str, folder: Path | None) -> None:
         await self.acquire(adapter_id, folder)
         self.release(adapter_id)
 
@@ -168,7 +168,8 @@ class AdapterPool:
             self._notify()
             if isinstance(exc, GeneratorError | asyncio.CancelledError):
                 raise
-            raise GeneratorError(f"adapter {entry.adapter_id!r} could not be loaded: {exc}") from exc
+            message = f"adapter {entry.adapter_id!r} could not be loaded: {exc}"
+            raise GeneratorError(message) from exc
         took = time.perf_counter() - started
         entry.load_seconds = took
         entry.loading = None

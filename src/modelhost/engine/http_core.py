@@ -41,6 +41,8 @@ SSE_HEADERS: list[tuple[bytes, bytes]] = [
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
+# The gateway names the engine's adapter id here (and keeps the user-facing name in `model`).
+ADAPTER_HEADER = "x-adapter-id"
 _END_OF_BODY = {"type": "http.response.body", "body": b"", "more_body": False}
 
 # Compact, like other inference servers' JSON. Per-token code encodes plain strings with
@@ -227,6 +229,9 @@ class GenerationResponse(Response):
             it = state.generator.generate(self._request)
             event = await anext(it)
             started = True
+            if self._request.adapter_id is not None:
+                # Counted once the engine accepted the adapter: an unknown id adds no label.
+                metrics.adapter_requests.labels(adapter=self._request.adapter_id).inc()
             first_s = time.perf_counter() - t0
             if renderer.stream:
                 headers = [*SSE_HEADERS, (b"x-request-id", self._request.request_id.encode())]
@@ -240,6 +245,7 @@ class GenerationResponse(Response):
                 first_token_s=first_s,
                 prompt_tokens=final.prompt_tokens,
                 generated_tokens=final.generated_tokens,
+                adapter=self._request.adapter_id,
             )
         except asyncio.CancelledError:
             metrics.observe_failure("cancelled")

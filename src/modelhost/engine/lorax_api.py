@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.responses import Response
 
 from modelhost.engine.http_core import (
+    ADAPTER_HEADER,
     ApiError,
     EngineState,
     GenerationResponse,
@@ -98,10 +99,14 @@ def _chat_messages(inputs: str) -> tuple[ChatMessage, ...]:
     return tuple(out)
 
 
-def to_generation_request(state: EngineState, body: LoraxRequest, rid: str) -> GenerationRequest:
+def to_generation_request(
+    state: EngineState, body: LoraxRequest, rid: str, header_adapter: str | None = None
+) -> GenerationRequest:
+    """`header_adapter` (the gateway's x-adapter-id) wins over `parameters.adapter_id`."""
     p = body.parameters or LoraxParameters()
     _check(p)
     adapter = p.adapter_id if p.adapter_id not in (None, "", state.served_model_name) else None
+    adapter = header_adapter or adapter
     params = SamplingParams(
         max_tokens=p.max_new_tokens or 1,
         temperature=_temperature(p),
@@ -193,7 +198,7 @@ def build_router(state: EngineState) -> APIRouter:
         state.check_available()
         body = await parse_body(request, LoraxRequest)
         rid = f"gen-{uuid.uuid4().hex}"
-        gen = to_generation_request(state, body, rid)
+        gen = to_generation_request(state, body, rid, request.headers.get(ADAPTER_HEADER))
         p = body.parameters or LoraxParameters()
         do_stream = bool(body.stream) if stream is None else stream
         prefix = body.inputs if p.return_full_text else ""

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from modelhost.engine.protocol import EngineStats
 
@@ -46,6 +46,53 @@ class _GeneratorGauges:
         )
         yield GaugeMetricFamily("lorax_batch_current_size", "Current batch size.", value=s.running)
         yield GaugeMetricFamily("lorax_queue_length", "Requests waiting in queue.", value=s.waiting)
+        yield from _adapter_families(s)
+
+
+def _adapter_families(s: EngineStats) -> Iterable[Metric]:
+    """Per-adapter residency and load times, read from the generator at scrape time."""
+    resident = GaugeMetricFamily(
+        "modelhost_engine_adapter_resident",
+        "1 while the LoRA adapter is loaded in the engine, else 0.",
+        labels=["adapter"],
+    )
+    in_use = GaugeMetricFamily(
+        "modelhost_engine_adapter_in_use",
+        "Sequences using the adapter now (queued or running).",
+        labels=["adapter"],
+    )
+    last = GaugeMetricFamily(
+        "modelhost_engine_adapter_last_load_seconds",
+        "Seconds the adapter's last load took (disk to usable in the batch).",
+        labels=["adapter"],
+    )
+    loads = CounterMetricFamily(
+        "modelhost_engine_adapter_loads",
+        "Times the adapter was loaded (again after each eviction).",
+        labels=["adapter"],
+    )
+    load_total = CounterMetricFamily(
+        "modelhost_engine_adapter_load_seconds",
+        "Seconds spent loading the adapter, all loads together.",
+        labels=["adapter"],
+    )
+    for a in s.adapters:
+        resident.add_metric([a.adapter_id], 1.0 if a.resident else 0.0)
+        in_use.add_metric([a.adapter_id], a.in_use)
+        if a.load_seconds is not None:
+            last.add_metric([a.adapter_id], a.load_seconds)
+        loads.add_metric([a.adapter_id], a.loads)
+        load_total.add_metric([a.adapter_id], a.load_seconds_total)
+    yield resident
+    yield in_use
+    yield last
+    yield loads
+    yield load_total
+    yield GaugeMetricFamily(
+        "modelhost_engine_adapters_resident",
+        "LoRA adapters loaded in the engine.",
+        value=sum(1 for a in s.adapters if a.resident),
+    )
 
 
 class EngineMetrics:
@@ -88,6 +135,18 @@ class EngineMetrics:
         self.request_input_length = Histogram(
             "lorax_request_input_length", "Prompt tokens.", buckets=_TOKENS, registry=r
         )
+        self.adapter_requests = Counter(
+            "modelhost_engine_adapter_requests",
+            "Generation requests the engine accepted, per LoRA adapter id.",
+            ["adapter"],
+            registry=r,
+        )
+        self.adapter_generated_tokens = Counter(
+            "modelhost_engine_adapter_generated_tokens",
+            "Tokens generated for successful requests, per LoRA adapter id.",
+            ["adapter"],
+            registry=r,
+        )
         r.register(_GeneratorGauges(stats, in_flight))
 
     def observe_success(
@@ -97,8 +156,11 @@ class EngineMetrics:
         first_token_s: float,
         prompt_tokens: int,
         generated_tokens: int,
+        adapter: str | None = None,
     ) -> None:
         self.request_success.inc()
+        if adapter is not None:
+            self.adapter_generated_tokens.labels(adapter=adapter).inc(generated_tokens)
         self.request_duration.observe(total_s)
         self.request_queue_duration.observe(first_token_s)
         inference_s = max(total_s - first_token_s, 0.0)

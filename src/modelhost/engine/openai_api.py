@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.responses import Response
 
 from modelhost.engine.http_core import (
+    ADAPTER_HEADER,
     ApiError,
     EngineState,
     GenerationResponse,
@@ -176,7 +177,12 @@ def _stops(stop: str | list[str] | None) -> tuple[str, ...]:
     return stops
 
 
-def _adapter(state: EngineState, model: str) -> str | None:
+def _adapter(state: EngineState, model: str, request: Request) -> str | None:
+    """The adapter a request names: the gateway's `x-adapter-id` header wins (then `model` is
+    the user-facing name, only echoed); else `model`, where "" or the served name is the base."""
+    header = request.headers.get(ADAPTER_HEADER)
+    if header:
+        return header
     return None if model in ("", state.served_model_name) else model
 
 
@@ -327,7 +333,7 @@ def build_router(state: EngineState) -> APIRouter:
             request_id=rid,
             params=_params(body, max_tokens or 1),
             messages=_messages(body),
-            adapter_id=_adapter(state, body.model),
+            adapter_id=_adapter(state, body.model, request),
         )
         if max_tokens is None:
             gen = with_default_max_tokens(state, gen)
@@ -362,7 +368,7 @@ def build_router(state: EngineState) -> APIRouter:
             request_id=rid,
             params=_params(body, max_tokens),
             prompt=prompt,
-            adapter_id=_adapter(state, body.model),
+            adapter_id=_adapter(state, body.model, request),
         )
         usage = bool(body.stream_options and body.stream_options.include_usage)
         model = body.model or state.served_model_name
@@ -372,19 +378,21 @@ def build_router(state: EngineState) -> APIRouter:
     @router.get("/v1/models")
     async def models() -> dict[str, Any]:
         gen = state.generator
-        return {
-            "object": "list",
-            "data": [
-                {
-                    "id": state.served_model_name,
-                    "object": "model",
-                    "created": state.created,
-                    "owned_by": "modelhost",
-                    "root": gen.model_id,
-                    "parent": None,
-                    "max_model_len": gen.context_length,
-                }
-            ],
+        base = {
+            "id": state.served_model_name,
+            "object": "model",
+            "created": state.created,
+            "owned_by": "modelhost",
+            "root": gen.model_id,
+            "parent": None,
+            "max_model_len": gen.context_length,
         }
+        # Resident LoRA adapters are models too (vLLM lists them the same way).
+        adapters = [
+            {**base, "id": a.adapter_id, "root": a.adapter_id, "parent": state.served_model_name}
+            for a in gen.stats().adapters
+            if a.resident
+        ]
+        return {"object": "list", "data": [base, *adapters]}
 
     return router

@@ -9,6 +9,7 @@ The app does not start the generator: the process entry point (`__main__`) runs
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -113,7 +114,20 @@ def create_app(
     @app.get("/stats")
     async def stats() -> dict[str, int]:
         s = generator.stats()
-        return {"running": s.running, "waiting": s.waiting, "max_batch_size": s.max_batch_size}
+        return {
+            "running": s.running,
+            "waiting": s.waiting,
+            "max_batch_size": s.max_batch_size,
+            "adapters_resident": sum(1 for a in s.adapters if a.resident),
+        }
+
+    @app.get("/v1/adapters")
+    async def adapters() -> dict[str, Any]:
+        """Every adapter this engine has loaded: resident or not, in use, load times."""
+        return {
+            "object": "list",
+            "data": [dataclasses.asdict(a) for a in generator.stats().adapters],
+        }
 
     @app.get("/metrics")
     async def prometheus() -> Response:

@@ -16,8 +16,10 @@ import sys
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
+from modelhost.engine.adapters import AdapterPool, resolve_adapter
 from modelhost.engine.args import EngineArgs
 from modelhost.engine.protocol import (
     ContextLengthExceeded,
@@ -26,7 +28,6 @@ from modelhost.engine.protocol import (
     GenerationRequest,
     GeneratorError,
     TokenEvent,
-    UnknownAdapter,
     held_back_suffix,
     stop_positions,
 )
@@ -68,13 +69,28 @@ class _Sequence:
 class SimulatorGenerator:
     """Implements `modelhost.engine.protocol.Generator` without weights."""
 
-    def __init__(self, knobs: SimulatorKnobs, *, model_id: str, max_batch_size: int) -> None:
+    def __init__(
+        self,
+        knobs: SimulatorKnobs,
+        *,
+        model_id: str,
+        max_batch_size: int,
+        adapter_dir: str | None = None,
+        max_active_adapters: int = 32,
+        preload_adapters: tuple[str, ...] = (),
+    ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
         self._knobs = knobs
         self._model_id = model_id
         self._max_batch_size = max_batch_size
+        # Valid adapters: the --adapters knob's ids, and every folder of adapter_dir with an
+        # adapter_config.json (what the control plane materializes). Residency and loading
+        # follow the same LRU as the builtin engine, with a simulated load time.
         self._adapters = frozenset(knobs.adapters)
+        self._adapter_dir = Path(adapter_dir) if adapter_dir else None
+        self._pool = AdapterPool(max_active_adapters, self._load_adapter)
+        self._preload = preload_adapters
         self._waiting: deque[_Sequence] = deque()
         # dict keeps admission order and makes a cancelled sequence's removal O(1).
         self._running: dict[int, _Sequence] = {}
@@ -119,7 +135,9 @@ class SimulatorGenerator:
                 "requests": float(self._requests),
                 "steps": float(self._steps),
                 "generated_tokens": float(self._tokens),
+                "adapters_resident": float(self._pool.resident),
             },
+            adapters=self._pool.states(),
         )
 
     async def start(self) -> None:
@@ -127,7 +145,21 @@ class SimulatorGenerator:
         if self._knobs.fail_start is not None:
             raise StartupError(self._knobs.fail_start)
         self._loop_task = asyncio.create_task(self._run(), name="simulator-steps")
+        for adapter_id in self._preload:
+            try:
+                await self._pool.preload(adapter_id, self._adapter_folder(adapter_id))
+            except GeneratorError as exc:
+                sys.stderr.write(f"modelhost-warning: preloading adapter failed: {exc}\n")
         self._ready = True
+
+    def _adapter_folder(self, adapter_id: str) -> Path | None:
+        """None for an id of the --adapters knob; raises UnknownAdapter for an unknown id."""
+        if adapter_id in self._adapters:
+            return None
+        return resolve_adapter(self._adapter_dir, adapter_id)
+
+    async def _load_adapter(self, adapter_id: str, folder: Path | None, slot: int) -> None:
+        await asyncio.sleep(self._knobs.adapter_load_ms / 1000.0)
 
     async def close(self) -> None:
         self._closed = True
@@ -149,8 +181,8 @@ class SimulatorGenerator:
         # commits to a status line; the sequence only joins the queue once iterated.
         if self._closed or self._loop_task is None:
             raise GeneratorError("the engine is not running")
-        if request.adapter_id is not None and request.adapter_id not in self._adapters:
-            raise UnknownAdapter(f"adapter {request.adapter_id!r} is not available on this engine")
+        adapter = request.adapter_id
+        folder = self._adapter_folder(adapter) if adapter is not None else None
         prompt = self._prompt_text(request)
         n_prompt = count_tokens(prompt)
         ctx = self._knobs.context_length
@@ -187,7 +219,7 @@ class SimulatorGenerator:
             else None,
             source=source,
         )
-        return self._stream(seq)
+        return self._stream(seq, adapter, folder)
 
     def _count_request(self) -> None:
         self._requests += 1
@@ -200,7 +232,11 @@ class SimulatorGenerator:
             sys.stderr.flush()
             os._exit(CRASH_EXIT_CODE)
 
-    async def _stream(self, seq: _Sequence) -> AsyncIterator[TokenEvent]:
+    async def _stream(
+        self, seq: _Sequence, adapter: str | None = None, folder: Path | None = None
+    ) -> AsyncIterator[TokenEvent]:
+        if adapter is not None:
+            await self._pool.acquire(adapter, folder)  # waits for a simulated load
         self._waiting.append(seq)
         self._wake.set()
         try:
@@ -213,6 +249,8 @@ class SimulatorGenerator:
                     return
         finally:
             self._discard(seq)
+            if adapter is not None:
+                self._pool.release(adapter)
 
     def _discard(self, seq: _Sequence) -> None:
         """Free the sequence's slot at once (finished, or its consumer went away)."""
@@ -314,5 +352,10 @@ def build_generator(args: EngineArgs) -> SimulatorGenerator:
     except KnobError as exc:
         raise StartupError(str(exc)) from exc
     return SimulatorGenerator(
-        knobs, model_id=args.served_model_name, max_batch_size=args.max_batch_size
+        knobs,
+        model_id=args.served_model_name,
+        max_batch_size=args.max_batch_size,
+        adapter_dir=args.adapter_dir,
+        max_active_adapters=args.max_active_adapters,
+        preload_adapters=args.preload_adapters,
     )

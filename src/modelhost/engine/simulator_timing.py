@@ -107,6 +107,7 @@ class SimulatorKnobs:
     fail_start: str | None = None
     crash_after_requests: int | None = None
     adapters: tuple[str, ...] = ()
+    adapter_load_ms: float = 30.0
 
 
 class _RaisingParser(argparse.ArgumentParser):
@@ -143,6 +144,7 @@ def parse_knobs(extra: Sequence[str]) -> SimulatorKnobs:
     p.add_argument("--fail-start", default=None)
     p.add_argument("--crash-after-requests", type=_nonneg_int, default=None)
     p.add_argument("--adapters", default="", help="comma-separated adapter ids it accepts")
+    p.add_argument("--adapter-load-ms", type=_nonneg_float, default=30.0)
     ns = p.parse_args(list(extra))
     if ns.context_length < 2:
         raise KnobError("invalid simulator flags: --context-length must be at least 2")
@@ -160,6 +162,7 @@ def parse_knobs(extra: Sequence[str]) -> SimulatorKnobs:
         fail_start=ns.fail_start,
         crash_after_requests=ns.crash_after_requests,
         adapters=tuple(a for a in (s.strip() for s in ns.adapters.split(",")) if a),
+        adapter_load_ms=ns.adapter_load_ms,
     )
 
 

@@ -80,13 +80,11 @@ class BuiltinAdapters:
             except GeneratorError as exc:
                 sys.stderr.write(f"modelhost-warning: preloading adapter failed: {exc}\n")
 
-    async def _load(self, adapter_id: str, folder: Path, slot: int) -> None:
+    async def _load(self, adapter_id: str, folder: Path | None, slot: int) -> None:
         core, stack = self._core, self._stack
-        if core is None or stack is None:
+        if core is None or stack is None or folder is None:
             raise GeneratorError("the engine is not running")
-        weights = await asyncio.to_thread(
-            read_adapter, adapter_id, folder, stack.spec, stack.dtype
-        )
+        weights = await asyncio.to_thread(read_adapter, adapter_id, folder, stack.spec, stack.dtype)
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
 

@@ -1,16 +1,16 @@
 """Batched multi-LoRA for the builtin engine: adapter weights, their slot stack, and the
 per-row delta of a mixed batch.
 
-Every resident adapter owns a slot of `LoraStack`; per layer and target module the stack holds
-A^T as [slots, in, r_max] and scale * B^T as [slots, r_max, out], padded with zeros to the
-largest rank seen, so any mix of ranks shares one layout and the padding adds exactly zero. The
-base weights are never touched: after each base projection, `StepLora.add` adds
-y += scale * (x A_i^T) B_i^T for the rows that use an adapter, in the spirit of Punica's BGMV:
-
-- decode rows (one token per sequence, each possibly a different adapter) gather their slot's
-  A and B and run one batched matmul per module (`torch.bmm`, one small matrix per row), so a
-  row's delta is computed the same way whatever else is in the batch;
-- a prefill chunk belongs to one sequence, hence to one adapter: a plain matmul over its rows.
+Every resident adapter owns a slot of `LoraStack`. Per layer, the stack holds A^T of every slot
+as [slots, in, R] per fused projection (q/k/v share their input, as do gate/up; R = r_max x the
+group's modules) and scale * B^T as [slots, r_max, out] per module, zero-padded to the largest
+rank seen, so any mix of ranks shares one layout and the padding adds exactly zero. The base
+weights are never touched: after each base projection, `StepLora.add` adds
+y += scale * (x A_i^T) B_i^T to the rows that use an adapter, in the spirit of Punica's BGMV /
+S-LoRA: rows are laid out as lanes of one batched matmul (batch element = slot, lane = a row of
+that slot), so one `torch.bmm` shrinks every row with its own adapter and one more per module
+expands it, reading the stack in place. The step's decode rows (any mix of adapters) form one
+such segment; each prefill chunk (one sequence, so one adapter) another.
 
 Rows of the base model (adapter -1) are skipped, so a batch without adapters costs nothing.
 """
@@ -103,9 +103,7 @@ def lora_scale(config: dict[str, object], rank: int) -> float:
     return float(alpha) / rank
 
 
-def read_adapter(
-    adapter_id: str, folder: Path, spec: ModelSpec, dtype: torch.dtype
-) -> LoraWeights:
+def read_adapter(adapter_id: str, folder: Path, spec: ModelSpec, dtype: torch.dtype) -> LoraWeights:
     """Read and convert a peft LoRA folder (adapter_config.json + adapter_model.safetensors).
     Runs in a worker thread; raises AdapterLoadError with a user-facing reason."""
     from safetensors import safe_open
@@ -131,7 +129,7 @@ def read_adapter(
                 raw.setdefault(key, {})[m.group(3)] = handle.get_tensor(name)
     except AdapterError as exc:
         raise AdapterLoadError(f"adapter {adapter_id!r} does not fit this model: {exc}") from None
-    except (OSError, RuntimeError, ValueError) as exc:
+    except Exception as exc:  # safetensors' own error types too: any unreadable file
         raise AdapterLoadError(f"adapter {adapter_id!r}: cannot read its weights ({exc})") from None
     scale = lora_scale(config, info.rank)
     pairs: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -158,53 +156,74 @@ class LoraStack:
         self._shapes = {m: dims.shape(m) for m in MODULES}
         self.capacity = 0  # slots allocated
         self.rank = 0  # r_max
-        # module -> per-layer tensors; only modules some installed adapter targets exist.
-        self.a: dict[str, list[torch.Tensor]] = {}
-        self.b: dict[str, list[torch.Tensor]] = {}
+        # Only modules some installed adapter targets exist. A is stored per fused projection
+        # ("group": q/k/v share their input, as do gate/up): one matmul shrinks x for every
+        # module of the group, module j's A in columns [j * rank, (j + 1) * rank).
+        self.group_modules: dict[str, list[str]] = {}
+        self.a: dict[str, list[torch.Tensor]] = {}  # group -> per layer [slots, in, R]
+        self.b: dict[str, list[torch.Tensor]] = {}  # module -> per layer [slots, rank, out]
 
     @property
     def allocated_bytes(self) -> int:
         return sum(t.nbytes for ts in (*self.a.values(), *self.b.values()) for t in ts)
 
     def modules_in(self, group: str) -> list[str]:
-        return [m for m in MODULES if GROUP_OF[m] == group and m in self.a]
+        return self.group_modules.get(group, [])
 
     def install(self, slot: int, weights: LoraWeights) -> None:
         """Put an adapter into `slot` (replacing whatever was there). Called between steps."""
         if not 0 <= slot < self.max_slots:
             raise ValueError(f"slot {slot} out of range")
         self._grow(slot + 1, max(self.rank, weights.rank), weights.modules)
-        for module in self.a:
-            for layer in range(self.spec.num_layers):
-                self.a[module][layer][slot].zero_()
-                self.b[module][layer][slot].zero_()
+        for tensors in (*self.a.values(), *self.b.values()):
+            for t in tensors:
+                t[slot].zero_()
         for (layer, module), (a_t, b_t) in weights.pairs.items():
+            group = GROUP_OF[module]
+            col = self.group_modules[group].index(module) * self.rank
             r = a_t.shape[1]
-            self.a[module][layer][slot, :, :r].copy_(a_t)
+            self.a[group][layer][slot, :, col : col + r].copy_(a_t)
             self.b[module][layer][slot, :r, :].copy_(b_t)
 
     def _grow(self, slots: int, rank: int, modules: frozenset[str]) -> None:
         new_cap = self.capacity
         if slots > self.capacity:
-            new_cap = min(self.max_slots, -(-slots // _SLOT_STEP) * _SLOT_STEP)
-        if new_cap != self.capacity or rank != self.rank:
-            for module in list(self.a):
-                self.a[module] = [self._resized(t, new_cap, rank, 2) for t in self.a[module]]
-                self.b[module] = [self._resized(t, new_cap, rank, 1) for t in self.b[module]]
-            self.capacity, self.rank = new_cap, rank
-        for module in modules:
-            if module not in self.a:
-                fan_in, fan_out = self._shapes[module]
-                layers = range(self.spec.num_layers)
-                self.a[module] = [self._zeros(self.capacity, fan_in, self.rank) for _ in layers]
-                self.b[module] = [self._zeros(self.capacity, self.rank, fan_out) for _ in layers]
+            # At least two slots, so a segment can always read two neighbours (see _segment).
+            new_cap = max(2, min(self.max_slots, -(-slots // _SLOT_STEP) * _SLOT_STEP))
+        wanted = {
+            g: [m for m in MODULES if GROUP_OF[m] == g and (m in modules or m in self.b)]
+            for g in {GROUP_OF[m] for m in (*modules, *self.b)}
+        }
+        layers = range(self.spec.num_layers)
+        for group, mods in wanted.items():
+            old_mods = self.group_modules.get(group, [])
+            if mods == old_mods and new_cap == self.capacity and rank == self.rank:
+                continue
+            fan_in = self._shapes[mods[0]][0]
+            new_a = [self._zeros(new_cap, fan_in, rank * len(mods)) for _ in layers]
+            for j, module in enumerate(old_mods):  # keep what is installed
+                k = mods.index(module)
+                for old, new in zip(self.a[group], new_a, strict=True):
+                    src = old[:, :, j * self.rank : (j + 1) * self.rank]
+                    new[: self.capacity, :, k * rank : k * rank + self.rank].copy_(src)
+            self.a[group] = new_a
+            self.group_modules[group] = mods
+        for mods in wanted.values():
+            for module in mods:
+                if module in self.b:
+                    if new_cap != self.capacity or rank != self.rank:
+                        self.b[module] = [self._resized(t, new_cap, rank) for t in self.b[module]]
+                else:
+                    fan_out = self._shapes[module][1]
+                    self.b[module] = [self._zeros(new_cap, rank, fan_out) for _ in layers]
+        self.capacity, self.rank = new_cap, rank
 
     def _zeros(self, *shape: int) -> torch.Tensor:
         return torch.zeros(shape, dtype=self.dtype, device=self.device)
 
-    def _resized(self, t: torch.Tensor, slots: int, rank: int, rank_dim: int) -> torch.Tensor:
+    def _resized(self, t: torch.Tensor, slots: int, rank: int) -> torch.Tensor:
         shape = list(t.shape)
-        shape[0], shape[rank_dim] = slots, rank
+        shape[0], shape[1] = slots, rank
         out = self._zeros(*shape)
         index = tuple(slice(0, n) for n in t.shape)
         out[index].copy_(t)
@@ -218,36 +237,84 @@ class LoraStack:
         if not self.a:
             return None
         adapters = adapter_rows.tolist()
-        rows = [i for i in range(decode_rows) if adapters[i] >= 0]
-        chunks = [(r, r + n, adapters[r]) for r, n in spans if adapters[r] >= 0]
-        if not rows and not chunks:
-            return None
+        segments: list[Segment] = []
+        by_slot: dict[int, list[int]] = {}
+        for row in range(decode_rows):
+            if adapters[row] >= 0:
+                by_slot.setdefault(adapters[row], []).append(row)
+        if by_slot:
+            segments.append(self._segment(by_slot))
+        for row, n in spans:
+            if adapters[row] >= 0:
+                segments.append(self._segment({adapters[row]: list(range(row, row + n))}))
+        return StepLora(self, segments) if segments else None
+
+    def _segment(self, by_slot: dict[int, list[int]]) -> Segment:
+        """Lay rows out as lanes of a batched matmul: batch element i is slot lo + i (or the
+        i-th gathered slot), lane j its j-th row, so one `torch.bmm` applies every row's own
+        adapter. float32 bmm rounds a row the same way for any batch >= 2 and any lane count
+        >= 2 (measured; a batch or lane count of one takes other kernels), so both are at least
+        two: a row's delta then has the same bits alone and in any crowd."""
+        slots = sorted(by_slot)
+        lanes_per = max(2, max(len(rows) for rows in by_slot.values()))
+        lo, hi = slots[0], slots[-1] + 1
+        gather: list[int] | None = None
+        if hi - lo <= 2 * len(slots) + 8:
+            # Dense enough: read the stack's slots [lo, hi) in place, no copy.
+            if hi - lo < 2:
+                lo = lo if lo + 1 < self.capacity else lo - 1
+                hi = lo + 2
+            position = {slot: slot - lo for slot in slots}
+            batch = hi - lo
+        else:
+            # Sparse: copy just the slots in use (padded to two).
+            gather = slots if len(slots) >= 2 else slots * 2
+            position = {slot: i for i, slot in enumerate(slots)}
+            batch = len(gather)
+        rows: list[int] = []
+        lanes: list[int] = []
+        for slot, slot_rows in by_slot.items():
+            base = position[slot] * lanes_per
+            rows.extend(slot_rows)
+            lanes.extend(range(base, base + len(slot_rows)))
         device = self.device
-        slots = [adapters[i] for i in rows]
-        # torch's float32 bmm takes another kernel for a batch of one, which rounds
-        # differently; a lone row is computed as a batch of two copies so that its delta has
-        # the same bits alone and in a crowd.
-        gather = rows * 2 if len(rows) == 1 else rows
-        gather_slots = slots * 2 if len(rows) == 1 else slots
-        return StepLora(
-            stack=self,
-            rows=torch.tensor(rows, dtype=torch.long, device=device) if rows else None,
-            gather=torch.tensor(gather, dtype=torch.long, device=device) if rows else None,
-            slots=torch.tensor(gather_slots, dtype=torch.long, device=device) if rows else None,
-            chunks=chunks,
+
+        def tensor(values: list[int]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.long, device=device)
+
+        return Segment(
+            rows=tensor(rows),
+            lanes=tensor(lanes),
+            batch=batch,
+            lanes_per=lanes_per,
+            lo=lo,
+            gather=tensor(gather) if gather is not None else None,
         )
 
 
 @dataclass
+class Segment:
+    """Rows computed by one batched matmul per module (see LoraStack._segment)."""
+
+    rows: torch.Tensor  # [n] rows of the step
+    lanes: torch.Tensor  # [n] their flat positions in [batch * lanes_per]
+    batch: int
+    lanes_per: int
+    lo: int  # first slot, when reading slots [lo, lo + batch) in place
+    gather: torch.Tensor | None  # else: the slots to copy, one per batch element
+
+    def weights(self, stacked: torch.Tensor) -> torch.Tensor:
+        if self.gather is not None:
+            return stacked.index_select(0, self.gather)
+        return stacked[self.lo : self.lo + self.batch]
+
+
+@dataclass
 class StepLora:
-    """One step's LoRA work: decode `rows` (read through `gather`, see for_step) use `slots`;
-    `chunks` are prefill spans (start, end, slot)."""
+    """One step's LoRA work: the decode rows (one segment) and each prefill chunk (one each)."""
 
     stack: LoraStack
-    rows: torch.Tensor | None
-    gather: torch.Tensor | None
-    slots: torch.Tensor | None
-    chunks: list[tuple[int, int, int]]
+    segments: list[Segment]
 
     def add(self, layer: int, group: str, x: torch.Tensor, y: torch.Tensor) -> None:
         """y[:, columns of each module of `group`] += that module's LoRA delta of x, in place.
@@ -257,17 +324,16 @@ class StepLora:
         if not modules:
             return
         cdt = stack.dtype
-        xd = None
-        if self.gather is not None:
-            xd = x.index_select(0, self.gather).to(cdt).unsqueeze(1)  # [m, 1, in]
-        for module in modules:
-            a, b = stack.a[module][layer], stack.b[module][layer]
-            c0, c1 = stack.columns[module]
-            if xd is not None and self.rows is not None and self.slots is not None:
-                s = torch.bmm(xd, a.index_select(0, self.slots))  # [m, 1, r]
-                d = torch.bmm(s, b.index_select(0, self.slots)).squeeze(1)  # [m, out]
-                n = self.rows.shape[0]
-                y[:, c0:c1].index_add_(0, self.rows, d[:n].to(y.dtype))
-            for start, end, slot in self.chunks:
-                d = (x[start:end].to(cdt) @ a[slot]) @ b[slot]
-                y[start:end, c0:c1] += d.to(y.dtype)
+        for seg in self.segments:
+            width = seg.batch * seg.lanes_per
+            xs = torch.zeros((width, x.shape[1]), dtype=cdt, device=x.device)
+            xs.index_copy_(0, seg.lanes, x.index_select(0, seg.rows).to(cdt))
+            xs = xs.view(seg.batch, seg.lanes_per, -1)
+            shrunk = torch.bmm(xs, seg.weights(stack.a[group][layer]))  # every module at once
+            r = stack.rank
+            for j, module in enumerate(modules):
+                c0, c1 = stack.columns[module]
+                part = shrunk[:, :, j * r : (j + 1) * r] if len(modules) > 1 else shrunk
+                delta = torch.bmm(part, seg.weights(stack.b[module][layer]))
+                picked = delta.view(width, -1).index_select(0, seg.lanes)
+                y[:, c0:c1].index_add_(0, seg.rows, picked.to(y.dtype))

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-IDLE_PREFILL_CHUNKS = 4  # prompt chunks per step when no sequence is decoding
+MAX_PREFILL_CHUNKS = 4  # most prompt chunks per step (when prompts outnumber running streams)
 
 
 @dataclass(eq=False)
@@ -138,11 +138,16 @@ class Scheduler:
             self.slots.append(seq)
             joined.append(seq)
         decode = [s for s in self.slots if not s.in_prefill]
+        prefilling = len(self.slots) - len(decode)
         prefill: list[Chunk] = []
-        # The bound protects running streams from a long prefill; with nothing decoding there is
-        # nobody to stall, and bigger steps run the matmuls more efficiently (lower TTFT when a
-        # burst of requests arrives at an idle engine).
-        budget = self.chunk_size if decode else self.chunk_size * IDLE_PREFILL_CHUNKS
+        # The bound protects running streams from a long prefill. When more prompts wait than
+        # streams run (a burst of arrivals; nothing running at all), the stall is worth it: up to
+        # MAX_PREFILL_CHUNKS chunks per step start more sequences at once, and bigger steps run
+        # the matmuls more efficiently.
+        chunks = MAX_PREFILL_CHUNKS
+        if decode:
+            chunks = min(MAX_PREFILL_CHUNKS, max(1, -(-prefilling // len(decode))))
+        budget = self.chunk_size * chunks
         # Oldest prompts first, so a burst of arrivals is served in arrival order.
         for seq in sorted((s for s in self.slots if s.in_prefill), key=lambda s: s.seq_id):
             start = seq.computed
