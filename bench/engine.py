@@ -30,6 +30,7 @@ import os
 import re
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -87,6 +88,7 @@ class LevelResult:
     ttft_p50_s: float
     ttft_p95_s: float
     errors: int = 0
+    repeat: int = 0
 
 
 @dataclass
@@ -307,14 +309,26 @@ def parse_ready_line(log: Path) -> dict[str, float]:
     return found
 
 
-async def bench_peer(
-    peer: str, args: argparse.Namespace, gguf: Path, logs: Path
-) -> tuple[PeerInfo, list[LevelResult]]:
-    info = PeerInfo(peer)
-    results: list[LevelResult] = []
+@dataclass
+class RunningPeer:
+    info: PeerInfo
+    client: Client
     proc: subprocess.Popen[bytes] | None = None
     http: httpx.AsyncClient | None = None
-    closer: Any = None
+    generator: Any = None  # ours in direct mode
+
+    async def stop(self) -> None:
+        if self.generator is not None:
+            self.info.notes["engine_stats"] = dict(self.generator.stats().extra)
+            await self.generator.close()
+        if self.http is not None:
+            await self.http.aclose()
+        if self.proc is not None:
+            stop_process(self.proc)
+
+
+async def start_peer(peer: str, args: argparse.Namespace, gguf: Path, logs: Path) -> RunningPeer:
+    info = PeerInfo(peer)
     # Every peer gets the same OpenMP wait policy (the builtin engine sets PASSIVE itself;
     # llama.cpp and torch in the naive peer use OpenMP too, and spinning collapses on a
     # shared machine).
@@ -351,9 +365,13 @@ async def bench_peer(
             f"http://127.0.0.1:{port}",
             {"model": "bench", "ignore_eos": True, "stream_options": {"include_usage": True}},
         )
+        running = RunningPeer(info, client, proc=proc, http=http)
     elif peer == "ours":
-        client, closer, info.startup_s = await direct_client(gguf, max(max_level, 1), args.threads)
-        info.notes["load_timings"] = dict(closer.timings)
+        client, generator, info.startup_s = await direct_client(
+            gguf, max(max_level, 1), args.threads
+        )
+        info.notes["load_timings"] = dict(generator.timings)
+        running = RunningPeer(info, client, generator=generator)
     elif peer == "llamacpp":
         port = free_port()
         cmd = [
@@ -381,42 +399,77 @@ async def bench_peer(
         client, http = http_client(
             f"http://127.0.0.1:{port}", {"logit_bias": {str(EOS_TOKEN_ID): -100.0}}
         )
+        running = RunningPeer(info, client, proc=proc, http=http)
     elif peer == "naive":
         started = time.perf_counter()
         client = await asyncio.to_thread(naive_client, gguf, args.threads)
         info.startup_s = time.perf_counter() - started
+        running = RunningPeer(info, client)
     else:
         raise SystemExit(f"unknown peer {peer}")
+    # Warm the peer up with one request so no level pays first-call costs.
+    await running.client(prompts(1)[0], 4)
+    return running
+
+
+async def run_all(
+    peers: list[str], args: argparse.Namespace, gguf: Path, logs: Path
+) -> tuple[list[PeerInfo], list[LevelResult]]:
+    """All peers stay up (idle ones cost no CPU); each level runs every peer back to back, so
+    the machine's load drifts less between peers than between whole per-peer runs."""
+    running: list[RunningPeer] = []
+    results: list[LevelResult] = []
     try:
-        # Warm the peer up with one request so no level pays first-call costs.
-        await client(prompts(1)[0], 4)
-        for level in args.levels:
-            requests = max(level * args.requests_per_stream, args.min_requests)
-            if peer in ("naive", "llamacpp"):
-                # They serve one request at a time: one request per stream already queues
-                # `level` deep; more would only make the run longer.
-                requests = max(level, 4)
-            result = await run_level(peer, client, level, requests, args.max_tokens)
-            print(
-                f"  {peer:9s} c={level:3d}: {result.tokens_per_s:7.1f} tok/s, TTFT p50 "
-                f"{result.ttft_p50_s:.3f}s p95 {result.ttft_p95_s:.3f}s ({result.requests} req)",
-                file=sys.stderr,
-            )
-            results.append(result)
-        if closer is not None:
-            info.notes["engine_stats"] = dict(closer.stats().extra)
+        for peer in peers:
+            print(f"{peer}: starting", file=sys.stderr)
+            running.append(await start_peer(peer, args, gguf, logs))
+        for repeat in range(args.repeats):
+            for level in args.levels:
+                for p in running:
+                    name = p.info.name
+                    requests = max(level * args.requests_per_stream, args.min_requests)
+                    if name in ("naive", "llamacpp"):
+                        # They serve one request at a time: one request per stream already
+                        # queues `level` deep; more would only make the run longer.
+                        requests = max(level, 4)
+                    result = await run_level(name, p.client, level, requests, args.max_tokens)
+                    result.repeat = repeat
+                    print(
+                        f"  {name:9s} c={level:3d}: {result.tokens_per_s:7.1f} tok/s, TTFT p50 "
+                        f"{result.ttft_p50_s:.3f}s p95 {result.ttft_p95_s:.3f}s "
+                        f"({result.requests} req, load {os.getloadavg()[0]:.1f})",
+                        file=sys.stderr,
+                    )
+                    results.append(result)
     finally:
-        if http is not None:
-            await http.aclose()
-        if proc is not None:
-            stop_process(proc)
-        if closer is not None:
-            await closer.close()
-    return info, results
+        for p in running:
+            await p.stop()
+    return [p.info for p in running], results
+
+
+def median_by_level(results: list[LevelResult]) -> dict[tuple[str, int], LevelResult]:
+    """One row per (peer, streams): the median of the repeats, field by field."""
+    groups: dict[tuple[str, int], list[LevelResult]] = {}
+    for r in results:
+        groups.setdefault((r.peer, r.concurrency), []).append(r)
+    out = {}
+    for key, rs in groups.items():
+        out[key] = LevelResult(
+            peer=key[0],
+            concurrency=key[1],
+            requests=sum(r.requests for r in rs),
+            output_tokens=sum(r.output_tokens for r in rs),
+            wall_s=sum(r.wall_s for r in rs),
+            tokens_per_s=statistics.median(r.tokens_per_s for r in rs),
+            ttft_p50_s=statistics.median(r.ttft_p50_s for r in rs),
+            ttft_p95_s=statistics.median(r.ttft_p95_s for r in rs),
+            errors=sum(r.errors for r in rs),
+        )
+    return out
 
 
 def table(results: list[LevelResult], levels: list[int]) -> str:
-    by = {(r.peer, r.concurrency): r for r in results}
+    by = median_by_level(results)
     peers = list(dict.fromkeys(r.peer for r in results))
     lines = [
         "| streams | "
@@ -457,6 +510,7 @@ async def main() -> None:
     parser.add_argument("--ours-args", default="", help="extra builtin engine flags (http mode)")
     parser.add_argument("--llama-python", default="/work/bench-venv/bin/python")
     parser.add_argument("--gguf", default=None)
+    parser.add_argument("--repeats", type=int, default=1, help="rounds; the table shows medians")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     args.levels = [int(x) for x in args.levels.split(",")]
@@ -466,13 +520,7 @@ async def main() -> None:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     logs = ROOT / "bench" / "results" / f"engine-{stamp}-logs"
     logs.mkdir(parents=True, exist_ok=True)
-    infos: list[PeerInfo] = []
-    results: list[LevelResult] = []
-    for peer in args.peers.split(","):
-        print(f"{peer}: starting", file=sys.stderr)
-        info, res = await bench_peer(peer, args, gguf, logs)
-        infos.append(info)
-        results.extend(res)
+    infos, results = await run_all(args.peers.split(","), args, gguf, logs)
     report = {
         "benchmark": "engine throughput (issue 3)",
         "time": stamp,
@@ -483,6 +531,7 @@ async def main() -> None:
         "load_average": os.getloadavg(),
         "peers": [asdict(i) for i in infos],
         "results": [asdict(r) for r in results],
+        "medians": [asdict(r) for r in median_by_level(results).values()],
     }
     out = Path(args.out) if args.out else ROOT / "bench" / "results" / f"engine-{stamp}.json"
     out.write_text(json.dumps(report, indent=2))

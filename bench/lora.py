@@ -74,15 +74,15 @@ class Run:
     name: str
     adapters: int
     requests: int
-    tokens: int
-    seconds: float
-    ttft_s: list[float] = field(default_factory=list)
+    rates: list[float] = field(default_factory=list)  # output tokens/s of each round
+    cpu_rates: list[float] = field(default_factory=list)  # tokens per CPU-second (this process)
+    ttft_s: list[float] = field(default_factory=list)  # every request of every round
     loads_s: list[float] = field(default_factory=list)  # each adapter's load in the cold burst
     burst_s: float = 0.0  # the cold burst: first requests for N adapters at once, end to end
 
     @property
     def tokens_per_s(self) -> float:
-        return self.tokens / self.seconds
+        return statistics.median(self.rates)
 
     @property
     def p95_ttft_s(self) -> float:
@@ -152,9 +152,12 @@ def engine(loaded: LoadedModel, batch: int, adapter_dir: Path, max_active: int) 
 async def drive(
     g: BuiltinGenerator, texts: list[str], adapters: list[str | None], max_tokens: int
 ) -> tuple[int, float, list[float]]:
-    """All requests at once; returns (tokens, seconds, TTFTs)."""
+    """All requests at once; returns (tokens, seconds, TTFTs). The process's CPU seconds go to
+    LAST_CPU_S: on a machine shared with other work, tokens per CPU-second compares two
+    configurations more steadily than wall-clock rates do."""
     ttft: list[float] = []
     started = time.perf_counter()
+    cpu_started = time.process_time()
 
     async def one(i: int) -> int:
         request = GenerationRequest(
@@ -171,37 +174,48 @@ async def drive(
         return count
 
     counts = await asyncio.gather(*(one(i) for i in range(len(texts))))
+    LAST_CPU_S[0] = time.process_time() - cpu_started
     return sum(counts), time.perf_counter() - started, ttft
+
+
+LAST_CPU_S = [0.0]  # CPU seconds of the last drive()
 
 
 async def engine_runs(
     loaded: LoadedModel, root: Path, names: list[str], levels: list[int], args: argparse.Namespace
 ) -> tuple[list[Run], dict[str, Any]]:
+    """Per level: one engine; a cold burst loads the N adapters; then rounds that alternate a
+    base-only run and an N-adapter run of the same requests, so both see the same machine
+    (other processes share these cores) and the ratio is taken round by round."""
     runs: list[Run] = []
-    concurrency_levels = sorted({max(n, args.concurrency) for n in levels})
-    for c in concurrency_levels:  # base first at each concurrency
-        g = engine(loaded, c, root, 1)
+    for n in levels:
+        c = max(n, args.concurrency)
+        g = engine(loaded, c, root, n)
         await g.start()
-        await drive(g, prompts(2), [None, None], 2)  # warm the kernels for this shape
-        tokens, seconds, ttft = await drive(g, prompts(c), [None] * c, args.max_tokens)
+        await drive(g, prompts(2), [None, None], 2)  # warm the kernels
+        burst_started = time.perf_counter()
+        await drive(g, prompts(n), list(names[:n]), 1)
+        burst = time.perf_counter() - burst_started
+        base = Run(f"base (C={c})", 0, c)
+        lora = Run(f"lora-{n} (C={c})", n, c, burst_s=burst)
+        lora.loads_s = [s.load_seconds for s in g.stats().adapters if s.load_seconds is not None]
+        assigned: list[str | None] = [names[i % n] for i in range(c)]
+        for _ in range(args.rounds):
+            for run, adapters in ((base, [None] * c), (lora, assigned)):
+                tokens, seconds, ttft = await drive(g, prompts(c), adapters, args.max_tokens)
+                run.rates.append(tokens / seconds)
+                run.cpu_rates.append(tokens / LAST_CPU_S[0])
+                run.ttft_s.extend(ttft)
         await g.close()
-        runs.append(Run(f"base (C={c})", 0, c, tokens, seconds, ttft))
-        for n in [n for n in levels if max(n, args.concurrency) == c]:
-            g = engine(loaded, c, root, max(n, 1))
-            await g.start()
-            await drive(g, prompts(2), [None, None], 2)
-            # A burst of first requests for N cold adapters: they all load at once (reported
-            # as the cold burst); then the measured run, with the N adapters resident.
-            burst_started = time.perf_counter()
-            await drive(g, prompts(n), list(names[:n]), 1)
-            burst_s = time.perf_counter() - burst_started
-            loads = [s.load_seconds for s in g.stats().adapters if s.load_seconds is not None]
-            assigned: list[str | None] = [names[i % n] for i in range(c)]
-            tokens, seconds, ttft = await drive(g, prompts(c), assigned, args.max_tokens)
-            await g.close()
-            run = Run(f"lora-{n} (C={c})", n, c, tokens, seconds, ttft, loads)
-            run.burst_s = burst_s
-            runs.append(run)
+        ratios = [x / y for x, y in zip(lora.rates, base.rates, strict=True)]
+        cpu_ratios = [x / y for x, y in zip(lora.cpu_rates, base.cpu_rates, strict=True)]
+        print(
+            f"  N={n}: base {base.tokens_per_s:.1f} tok/s, lora {lora.tokens_per_s:.1f} tok/s, "
+            f"ratio per round {', '.join(f'{r:.2f}' for r in ratios)}; per CPU-second "
+            f"{', '.join(f'{r:.2f}' for r in cpu_ratios)}",
+            file=sys.stderr,
+        )
+        runs += [base, lora]
     # Load times on an idle engine: cold (first request for the adapter) vs warm (resident).
     g = engine(loaded, 4, root, 64)
     await g.start()
@@ -291,7 +305,8 @@ def peft_runs(
                 )
             tokens += (out.shape[1] - batch["input_ids"].shape[1]) * len(members)
             ttft.extend([(first.at or time.perf_counter()) - started] * len(members))
-        runs.append(Run(f"peft-{n} (C={c})", n, c, tokens, time.perf_counter() - started, ttft))
+        rate = tokens / (time.perf_counter() - started)
+        runs.append(Run(f"peft-{n} (C={c})", n, c, [rate], ttft))
         print(f"  {runs[-1].name}: {runs[-1].tokens_per_s:.1f} tok/s", file=sys.stderr)
     return runs
 
@@ -302,18 +317,27 @@ def loaded_dtype_is_bf16() -> bool:
     return pick_dtype("auto", "cpu") == torch.bfloat16
 
 
-def table(runs: list[Run], base_by_c: dict[int, float], peft_by_n: dict[int, float]) -> str:
+def table(runs: list[Run]) -> str:
     lines = [
-        "| run | adapters | requests | tokens/s | vs base | vs peft | p95 TTFT s "
-        "| cold burst: load p50/max s, all ready s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| run | adapters | requests | tokens/s | vs base | vs base (CPU-s) | vs peft "
+        "| p95 TTFT s | cold burst: load p50/max s, all ready s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+    peft = {r.adapters: r for r in runs if r.name.startswith("peft")}
+    base: Run | None = None
     for r in runs:
-        vs_base = (
-            r.tokens_per_s / base_by_c[r.requests] if r.requests in base_by_c else float("nan")
+        if r.adapters == 0:
+            base = r
+        vs_base = vs_base_cpu = float("nan")
+        if r.name.startswith("lora") and base is not None:
+            vs_base = statistics.median(x / y for x, y in zip(r.rates, base.rates, strict=True))
+            vs_base_cpu = statistics.median(
+                x / y for x, y in zip(r.cpu_rates, base.cpu_rates, strict=True)
+            )
+        p = peft.get(r.adapters)
+        vs_peft = (
+            r.tokens_per_s / p.tokens_per_s if p and r.name.startswith("lora") else float("nan")
         )
-        peft = peft_by_n.get(r.adapters)
-        vs_peft = r.tokens_per_s / peft if peft and r.name.startswith("lora") else float("nan")
         burst = (
             f"{statistics.median(r.loads_s):.2f} / {max(r.loads_s):.2f}, {r.burst_s:.2f}"
             if r.loads_s
@@ -321,7 +345,7 @@ def table(runs: list[Run], base_by_c: dict[int, float], peft_by_n: dict[int, flo
         )
         lines.append(
             f"| {r.name} | {r.adapters} | {r.requests} | {r.tokens_per_s:.1f} | "
-            f"{vs_base:.2f} | {vs_peft:.2f} | {r.p95_ttft_s:.2f} | {burst} |"
+            f"{vs_base:.2f} | {vs_base_cpu:.2f} | {vs_peft:.2f} | {r.p95_ttft_s:.2f} | {burst} |"
         )
     return "\n".join(lines)
 
@@ -336,6 +360,7 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--modules", choices=sorted(MODULE_SETS), default="all")
     parser.add_argument("--load-samples", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3, help="base/LoRA alternations per level")
     parser.add_argument("--no-peft", action="store_true")
     parser.add_argument(
         "--peft-max-adapters",
@@ -371,9 +396,7 @@ def main() -> None:
             )
         if not args.no_peft:
             runs += peft_runs(loaded.folder, root, names, levels, args)
-    base_by_c = {r.requests: r.tokens_per_s for r in runs if r.adapters == 0}
-    peft_by_n = {r.adapters: r.tokens_per_s for r in runs if r.name.startswith("peft")}
-    print(table(runs, base_by_c, peft_by_n))
+    print(table(runs))
     print(json.dumps(loads, indent=2))
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = ROOT / "bench" / "results" / f"lora-{args.modules}-{stamp}.json"

@@ -10,7 +10,7 @@ y += scale * (x A_i^T) B_i^T to the rows that use an adapter, in the spirit of P
 S-LoRA: rows are laid out as lanes of one batched matmul (batch element = slot, lane = a row of
 that slot), so one `torch.bmm` shrinks every row with its own adapter and one more per module
 expands it, reading the stack in place. The step's decode rows (any mix of adapters) form one
-such segment; each prefill chunk (one sequence, so one adapter) another.
+such segment, its prefill chunks another.
 
 Rows of the base model (adapter -1) are skipped, so a batch without adapters costs nothing.
 """
@@ -244,9 +244,14 @@ class LoraStack:
                 by_slot.setdefault(adapters[row], []).append(row)
         if by_slot:
             segments.append(self._segment(by_slot))
+        # Prefill chunks in a segment of their own: a chunk's many rows would pad every decode
+        # slot to as many lanes. Chunks of sequences with the same adapter share its lanes.
+        prefill: dict[int, list[int]] = {}
         for row, n in spans:
             if adapters[row] >= 0:
-                segments.append(self._segment({adapters[row]: list(range(row, row + n))}))
+                prefill.setdefault(adapters[row], []).extend(range(row, row + n))
+        if prefill:
+            segments.append(self._segment(prefill))
         return StepLora(self, segments) if segments else None
 
     def _segment(self, by_slot: dict[int, list[int]]) -> Segment:
@@ -323,6 +328,21 @@ class StepLora:
         modules = stack.modules_in(group)
         if not modules:
             return
+        threads = torch.get_num_threads()
+        if threads > 1 and stack.device.type == "cpu":
+            # These ops are tiny: waking the other threads for each costs more than the op
+            # (measured 2-3x slower per op with 2 threads on a shared machine).
+            torch.set_num_threads(1)
+        try:
+            self._add(layer, group, modules, x, y)
+        finally:
+            if threads > 1:
+                torch.set_num_threads(threads)
+
+    def _add(
+        self, layer: int, group: str, modules: list[str], x: torch.Tensor, y: torch.Tensor
+    ) -> None:
+        stack = self.stack
         cdt = stack.dtype
         for seg in self.segments:
             width = seg.batch * seg.lanes_per
