@@ -278,10 +278,14 @@ class LoraStack:
             batch = len(gather)
         rows: list[int] = []
         lanes: list[int] = []
+        # Lanes nobody uses read some real row: their results are never picked, and this
+        # saves zero-filling a buffer in every layer.
+        lane_rows = [next(iter(by_slot.values()))[0]] * (batch * lanes_per)
         for slot, slot_rows in by_slot.items():
             base = position[slot] * lanes_per
             rows.extend(slot_rows)
             lanes.extend(range(base, base + len(slot_rows)))
+            lane_rows[base : base + len(slot_rows)] = slot_rows
         device = self.device
 
         def tensor(values: list[int]) -> torch.Tensor:
@@ -290,6 +294,7 @@ class LoraStack:
         return Segment(
             rows=tensor(rows),
             lanes=tensor(lanes),
+            lane_rows=tensor(lane_rows),
             batch=batch,
             lanes_per=lanes_per,
             lo=lo,
@@ -303,6 +308,7 @@ class Segment:
 
     rows: torch.Tensor  # [n] rows of the step
     lanes: torch.Tensor  # [n] their flat positions in [batch * lanes_per]
+    lane_rows: torch.Tensor  # [batch * lanes_per] the row each lane reads
     batch: int
     lanes_per: int
     lo: int  # first slot, when reading slots [lo, lo + batch) in place
@@ -346,9 +352,7 @@ class StepLora:
         cdt = stack.dtype
         for seg in self.segments:
             width = seg.batch * seg.lanes_per
-            xs = torch.zeros((width, x.shape[1]), dtype=cdt, device=x.device)
-            xs.index_copy_(0, seg.lanes, x.index_select(0, seg.rows).to(cdt))
-            xs = xs.view(seg.batch, seg.lanes_per, -1)
+            xs = x.index_select(0, seg.lane_rows).to(cdt).view(seg.batch, seg.lanes_per, -1)
             shrunk = torch.bmm(xs, seg.weights(stack.a[group][layer]))  # every module at once
             r = stack.rank
             for j, module in enumerate(modules):
