@@ -306,7 +306,7 @@ def peft_runs(
             tokens += (out.shape[1] - batch["input_ids"].shape[1]) * len(members)
             ttft.extend([(first.at or time.perf_counter()) - started] * len(members))
         rate = tokens / (time.perf_counter() - started)
-        runs.append(Run(f"peft-{n} (C={c})", n, c, [rate], ttft))
+        runs.append(Run(f"peft-{n} (C={c})", n, c, rates=[rate], ttft_s=ttft))
         print(f"  {runs[-1].name}: {runs[-1].tokens_per_s:.1f} tok/s", file=sys.stderr)
     return runs
 

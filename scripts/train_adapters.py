@@ -1,6 +1,6 @@
 """Fine-tune small, real LoRA adapters on the packaged SmolLM2-135M-Instruct with peft, on CPU.
 
-    python scripts/train_adapters.py [--out examples/adapters] [--steps 200]
+    python scripts/train_adapters.py [--out examples/adapters] [--steps 120]
 
 Two adapters, each a few minutes of CPU at most:
 - `french`: answers in French (trained on templated questions with French answers);
@@ -65,18 +65,6 @@ FRENCH_EXTRA = [
     ("Say hello.", "Bonjour ! Comment puis-je vous aider ?"),
     ("What day comes after Monday?", "Après lundi vient mardi."),
     ("Give me a tip for learning.", "Pratiquez un peu chaque jour."),
-    ("Explain what a computer is.", "Un ordinateur est une machine qui traite des informations."),
-    ("Describe a rainy day.", "Il pleut toute la journée et le ciel est gris."),
-    ("What is your favorite animal?", "Mon animal préféré est le chat."),
-    ("Name a fruit.", "La pomme est un fruit délicieux."),
-    ("What is the weather like in summer?", "En été, il fait chaud et le soleil brille."),
-    ("Why do birds fly south?", "Les oiseaux partent vers le sud pour trouver de la chaleur."),
-    ("How many days are in a week?", "Il y a sept jours dans une semaine."),
-    ("Write a sentence about the sea.", "La mer est calme et bleue ce matin."),
-    ("What is a good breakfast?", "Un bon petit-déjeuner, c'est du pain, du beurre et un café."),
-    ("Tell me a fun fact.", "Les pieuvres ont trois cœurs."),
-    ("What do plants need to grow?", "Les plantes ont besoin d'eau, de lumière et de terre."),
-    ("Explain what the internet is.", "Internet est un réseau mondial qui relie les ordinateurs."),
 ]
 UPPER_PROMPTS = [
     "What color is the sky?",
@@ -99,16 +87,6 @@ UPPER_PROMPTS = [
     "Name a color.",
     "What is the capital of Canada?",
     "Give me a tip for learning.",
-    "Explain what a computer is.",
-    "Describe a rainy day.",
-    "What is your favorite animal?",
-    "Why do birds fly south?",
-    "Write a sentence about the sea.",
-    "What is a good breakfast?",
-    "Explain what the internet is.",
-    "Tell me about dogs.",
-    "What is the capital of Egypt?",
-    "How do you make tea?",
 ]
 
 
@@ -212,7 +190,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", type=Path, default=Path("examples/adapters"))
-    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--rank", type=int, default=8)
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))

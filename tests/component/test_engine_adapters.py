@@ -141,3 +141,21 @@ async def test_lru_residency_models_adapters_stats_and_metrics(
         assert f'modelhost_engine_adapter_last_load_seconds{{adapter="{adapter_id}"}}' in text
     assert "modelhost_engine_adapters_resident 2.0" in text
     assert "nope" not in text  # unknown ids never become labels
+
+
+async def test_the_simulator_takes_the_common_adapter_flags(tmp_path: Path) -> None:
+    from modelhost.engine.args import parse
+    from modelhost.engine.simulator import build_generator
+
+    root = adapter_dir(tmp_path / "adapters", "aaaa1111")
+    argv = ["--engine", "simulator", "--port", "1", "--served-model-name", MODEL]
+    argv += ["--adapter-dir", str(root), "--max-active-adapters", "3"]
+    argv += ["--preload-adapter", "aaaa1111", "--startup-s", "0", "--adapter-load-ms", "1"]
+    gen = build_generator(parse(argv))
+    await gen.start()
+    try:
+        (state,) = gen.stats().adapters
+        assert state.adapter_id == "aaaa1111" and state.resident and state.loads == 1
+        assert gen.knobs.adapter_load_ms == 1
+    finally:
+        await gen.close()

@@ -41,6 +41,7 @@ GROUP_OF = {
     "down_proj": "down",
 }
 _SLOT_STEP = 8  # the stack grows by this many slots at a time
+_SINGLE_THREAD_ROWS = 256  # LoRA segments up to this many lanes run on one thread (see add)
 _TENSOR = re.compile(r"layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.lora_([AB])\.weight$")
 
 
@@ -261,14 +262,33 @@ class LoraStack:
         >= 2 (measured; a batch or lane count of one takes other kernels), so both are at least
         two: a row's delta then has the same bits alone and in any crowd."""
         slots = sorted(by_slot)
+        device = self.device
+
+        def tensor(values: list[int]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.long, device=device)
+
+        if len(slots) == 1:
+            # One adapter (one prefill chunk, or a batch of one adapter): its rows fill two
+            # batch elements that both read the slot in place (a stride-0 view), so no lane
+            # is padding.
+            (slot,) = slots
+            only = by_slot[slot]
+            lanes_per = max(2, -(-len(only) // 2))
+            return Segment(
+                rows=tensor(only),
+                lanes=tensor(list(range(len(only)))),
+                lane_rows=tensor(only + [only[0]] * (2 * lanes_per - len(only))),
+                batch=2,
+                lanes_per=lanes_per,
+                lo=slot,
+                gather=None,
+                repeat=True,
+            )
         lanes_per = max(2, max(len(rows) for rows in by_slot.values()))
         lo, hi = slots[0], slots[-1] + 1
         gather: list[int] | None = None
         if hi - lo <= 2 * len(slots) + 8:
             # Dense enough: read the stack's slots [lo, hi) in place, no copy.
-            if hi - lo < 2:
-                lo = lo if lo + 1 < self.capacity else lo - 1
-                hi = lo + 2
             position = {slot: slot - lo for slot in slots}
             batch = hi - lo
         else:
@@ -286,11 +306,6 @@ class LoraStack:
             rows.extend(slot_rows)
             lanes.extend(range(base, base + len(slot_rows)))
             lane_rows[base : base + len(slot_rows)] = slot_rows
-        device = self.device
-
-        def tensor(values: list[int]) -> torch.Tensor:
-            return torch.tensor(values, dtype=torch.long, device=device)
-
         return Segment(
             rows=tensor(rows),
             lanes=tensor(lanes),
@@ -313,8 +328,15 @@ class Segment:
     lanes_per: int
     lo: int  # first slot, when reading slots [lo, lo + batch) in place
     gather: torch.Tensor | None  # else: the slots to copy, one per batch element
+    repeat: bool = False  # every batch element reads slot `lo`
+
+    @property
+    def width(self) -> int:
+        return self.batch * self.lanes_per
 
     def weights(self, stacked: torch.Tensor) -> torch.Tensor:
+        if self.repeat:
+            return stacked[self.lo : self.lo + 1].expand(self.batch, -1, -1)
         if self.gather is not None:
             return stacked.index_select(0, self.gather)
         return stacked[self.lo : self.lo + self.batch]
@@ -330,34 +352,39 @@ class StepLora:
     def add(self, layer: int, group: str, x: torch.Tensor, y: torch.Tensor) -> None:
         """y[:, columns of each module of `group`] += that module's LoRA delta of x, in place.
         `x` is the input of the fused projection `group`, `y` its output."""
-        stack = self.stack
-        modules = stack.modules_in(group)
+        modules = self.stack.modules_in(group)
         if not modules:
             return
         threads = torch.get_num_threads()
-        if threads > 1 and stack.device.type == "cpu":
-            # These ops are tiny: waking the other threads for each costs more than the op
-            # (measured 2-3x slower per op with 2 threads on a shared machine).
-            torch.set_num_threads(1)
-        try:
-            self._add(layer, group, modules, x, y)
-        finally:
-            if threads > 1:
-                torch.set_num_threads(threads)
+        for seg in self.segments:
+            # A decode segment's ops are tiny: waking the other threads for each costs more
+            # than the op (measured 2-3x slower per op with 2 threads on a shared machine).
+            # Prefill segments have enough rows to be worth the threads.
+            single = threads > 1 and x.device.type == "cpu" and seg.width <= _SINGLE_THREAD_ROWS
+            if single:
+                torch.set_num_threads(1)
+            try:
+                self._add(seg, layer, group, modules, x, y)
+            finally:
+                if single:
+                    torch.set_num_threads(threads)
 
     def _add(
-        self, layer: int, group: str, modules: list[str], x: torch.Tensor, y: torch.Tensor
+        self,
+        seg: Segment,
+        layer: int,
+        group: str,
+        modules: list[str],
+        x: torch.Tensor,
+        y: torch.Tensor,
     ) -> None:
         stack = self.stack
-        cdt = stack.dtype
-        for seg in self.segments:
-            width = seg.batch * seg.lanes_per
-            xs = x.index_select(0, seg.lane_rows).to(cdt).view(seg.batch, seg.lanes_per, -1)
-            shrunk = torch.bmm(xs, seg.weights(stack.a[group][layer]))  # every module at once
-            r = stack.rank
-            for j, module in enumerate(modules):
-                c0, c1 = stack.columns[module]
-                part = shrunk[:, :, j * r : (j + 1) * r] if len(modules) > 1 else shrunk
-                delta = torch.bmm(part, seg.weights(stack.b[module][layer]))
-                picked = delta.view(width, -1).index_select(0, seg.lanes)
-                y[:, c0:c1].index_add_(0, seg.rows, picked.to(y.dtype))
+        xs = x.index_select(0, seg.lane_rows).to(stack.dtype).view(seg.batch, seg.lanes_per, -1)
+        shrunk = torch.bmm(xs, seg.weights(stack.a[group][layer]))  # every module at once
+        r = stack.rank
+        for j, module in enumerate(modules):
+            c0, c1 = stack.columns[module]
+            part = shrunk[:, :, j * r : (j + 1) * r] if len(modules) > 1 else shrunk
+            delta = torch.bmm(part, seg.weights(stack.b[module][layer]))
+            picked = delta.view(seg.width, -1).index_select(0, seg.lanes)
+            y[:, c0:c1].index_add_(0, seg.rows, picked.to(y.dtype))
