@@ -41,22 +41,14 @@ sys.path.insert(0, str(ROOT / "src"))
 
 import torch  # noqa: E402
 
+# The same prompts as the engine benchmark (bench/ is on sys.path when run as a script).
+from engine_peers import TOPICS  # noqa: E402
 from modelhost.catalog import packaged_model_path  # noqa: E402
 from modelhost.engine.builtin.generator import BuiltinGenerator, WeightsSource  # noqa: E402
 from modelhost.engine.builtin.loader import LoadedModel, load  # noqa: E402
 from modelhost.engine.builtin.options import BuiltinOptions  # noqa: E402
 from modelhost.engine.protocol import ChatMessage, GenerationRequest, SamplingParams  # noqa: E402
 
-TOPICS = [
-    "the history of the printing press",
-    "how vaccines train the immune system",
-    "why the sky is blue",
-    "the rules of chess for a beginner",
-    "how to bake sourdough bread",
-    "the causes of the first world war",
-    "what a compiler does",
-    "the life cycle of a star",
-]
 SHAPES = {  # SmolLM2-135M: (in, out) of each projection
     "q_proj": (576, 576),
     "k_proj": (576, 192),

@@ -139,3 +139,21 @@ def serve(tmp_path: Path) -> Iterator[ServeProcess]:
         yield server
     finally:
         server.stop()
+
+
+def stream_then_hang_up(server: ServeProcess, body: dict[str, object]) -> None:
+    """Start a streaming chat completion, read its first event, and close the connection."""
+    with httpx.stream(
+        "POST", server.url + "/v1/openai/chat/completions", json=body, headers=auth(ADMIN_TOKEN)
+    ) as r:
+        for line in r.iter_lines():
+            if line.startswith("data:"):
+                return
+
+
+def gateway_in_flight(server: ServeProcess, deploy_id: str = "") -> float:
+    """The gateway's in-flight gauge for a deployment (any deployment when not given)."""
+    for line in httpx.get(server.url + "/metrics").text.splitlines():
+        if line.startswith("modelhost_in_flight{") and deploy_id in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0

@@ -7,12 +7,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import openai
 import pytest
 
 from modelhost.catalog import packaged_model_path
-from tests.conftest import ADMIN_TOKEN, ServeProcess, auth, wait_until
+from tests.conftest import (
+    ADMIN_TOKEN,
+    ServeProcess,
+    gateway_in_flight,
+    stream_then_hang_up,
+    wait_until,
+)
 from tests.e2e.test_serve_lifecycle import wait_status
 
 pytestmark = [
@@ -119,20 +124,10 @@ def test_client_disconnect_frees_the_engine(server: ServeProcess) -> None:
         "max_tokens": 400,
         "stream": True,
     }
-    with httpx.stream(
-        "POST", server.url + "/v1/openai/chat/completions", json=body, headers=auth(ADMIN_TOKEN)
-    ) as r:
-        for line in r.iter_lines():
-            if line.startswith("data:"):
-                break
-
-    def in_flight() -> float:
-        for line in httpx.get(server.url + "/metrics").text.splitlines():
-            if line.startswith("modelhost_in_flight{"):
-                return float(line.rsplit(" ", 1)[1])
-        return 0.0
-
-    wait_until(lambda: in_flight() == 0, timeout=30, what="the cancelled request to leave")
+    stream_then_hang_up(server, body)
+    wait_until(
+        lambda: gateway_in_flight(server) == 0, timeout=30, what="the cancelled request to leave"
+    )
     # The engine is free again: a new request is answered right away.
     r = server.client.post(
         "/v1/openai/completions", json={"model": MODEL, "prompt": "Hi", "max_tokens": 2}

@@ -10,7 +10,14 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import ADMIN_TOKEN, ServeProcess, auth, wait_until
+from tests.conftest import (
+    ADMIN_TOKEN,
+    ServeProcess,
+    auth,
+    gateway_in_flight,
+    stream_then_hang_up,
+    wait_until,
+)
 from tests.e2e.test_serve_lifecycle import create, get, replica_pids, wait_status
 
 pytestmark = pytest.mark.e2e
@@ -99,22 +106,14 @@ def test_client_disconnect_cancels_upstream(serve: ServeProcess) -> None:
         "max_tokens": 500,
         "stream": True,
     }
-    with httpx.stream(
-        "POST", serve.url + "/v1/openai/chat/completions", json=body, headers=auth(ADMIN_TOKEN)
-    ) as r:
-        for line in r.iter_lines():
-            if line.startswith("data:"):
-                break
-
-    def engine_running() -> int:
-        text = httpx.get(serve.url + "/metrics").text
-        for line in text.splitlines():
-            if line.startswith("modelhost_in_flight{") and dep["deploy_id"] in line:
-                return int(float(line.rsplit(" ", 1)[1]))
-        return 0
+    stream_then_hang_up(serve, body)
 
     # The gateway's in-flight count drops back to zero long before 500 tokens at 50 ms each.
-    wait_until(lambda: engine_running() == 0, timeout=10, what="the request to be cancelled")
+    wait_until(
+        lambda: gateway_in_flight(serve, dep["deploy_id"]) == 0,
+        timeout=10,
+        what="the request to be cancelled",
+    )
     obs = serve.client.get(f"/deploy/{dep['deploy_id']}/logs").json()["entries"]
     assert obs  # the replica logged its start
 
