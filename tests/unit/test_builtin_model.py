@@ -45,7 +45,7 @@ def tiny_checkpoint(kind: str, folder: Path) -> Any:
 
 def new_cache(model: Any, slots: int = 4, length: int = 256) -> SlotKVCache:
     s = model.spec
-    shape = CacheShape(s.num_layers, s.num_kv_heads, s.head_dim, model.dtype, model.device)
+    shape = CacheShape(s.num_layers, s.num_kv_heads, s.head_dim, model.kv_dtype, model.device)
     cache = SlotKVCache(shape, max_slots=slots, max_length=length)
     cache.ensure(slots, length)
     return cache

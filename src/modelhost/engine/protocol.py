@@ -89,6 +89,8 @@ class EngineStats:
     max_batch_size: int
     extra: dict[str, float] = field(default_factory=dict)
     adapters: tuple[AdapterState, ...] = ()  # multi-LoRA engines: every adapter seen
+    # What the engine runs on: device, dtype and why (dtype_reason); strings, for /stats.
+    runtime: dict[str, str] = field(default_factory=dict)
 
 
 class GeneratorError(Exception):

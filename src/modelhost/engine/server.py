@@ -112,13 +112,14 @@ def create_app(
         return JSONResponse(_UNHEALTHY, status_code=503)
 
     @app.get("/stats")
-    async def stats() -> dict[str, int]:
+    async def stats() -> dict[str, Any]:
         s = generator.stats()
         return {
             "running": s.running,
             "waiting": s.waiting,
             "max_batch_size": s.max_batch_size,
             "adapters_resident": sum(1 for a in s.adapters if a.resident),
+            **s.runtime,
         }
 
     @app.get("/v1/adapters")
@@ -136,13 +137,14 @@ def create_app(
     @app.get("/info")
     async def info() -> dict[str, Any]:
         ctx = generator.context_length
+        runtime = generator.stats().runtime
         return {
             "model_id": generator.model_id,
             "served_model_name": served_model_name,
             "engine": engine_name,
             "model_sha": None,
-            "model_dtype": None,
-            "model_device_type": None,
+            "model_dtype": runtime.get("dtype"),
+            "model_device_type": runtime.get("device"),
             "model_pipeline_tag": "text-generation",
             "max_concurrent_requests": max_batch_size,
             "max_waiting_requests": waiting,

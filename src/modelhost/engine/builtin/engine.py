@@ -67,7 +67,7 @@ class EngineCore:
         self.special_ids = frozenset(int(i) for i in getattr(tokenizer, "all_special_ids", []))
         self.scheduler = Scheduler(max_batch_size, max_prefill_tokens, kv_budget_tokens)
         shape = CacheShape(
-            spec.num_layers, spec.num_kv_heads, spec.head_dim, model.dtype, model.device
+            spec.num_layers, spec.num_kv_heads, spec.head_dim, model.kv_dtype, model.device
         )
         self.cache = SlotKVCache(shape, max_batch_size, context_length)
         self.jobs: dict[int, Job] = {}  # by seq_id

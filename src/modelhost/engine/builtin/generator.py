@@ -124,13 +124,20 @@ class BuiltinGenerator:
         t = self.timings
         parts = ", ".join(
             f"{name.removesuffix('_s')} {t[name]:.2f}s"
-            for name in ("resolve_s", "weights_load_s", "tokenizer_load_s", "warmup_s")
+            for name in (
+                "resolve_s",
+                "weights_load_s",
+                "tokenizer_load_s",
+                "calibrate_s",
+                "warmup_s",
+            )
             if name in t
         )
         sys.stderr.write(
             f"builtin engine ready: {loaded.description} ({loaded.model.spec.architecture}, "
-            f"{str(loaded.model.dtype).removeprefix('torch.')}, {self._device}, context "
-            f"{loaded.context_length}) in {t['start_s']:.2f}s ({parts})\n"
+            f"{self._dtype_name()}, {self._device}, context {loaded.context_length}) in "
+            f"{t['start_s']:.2f}s ({parts}); dtype {self._dtype_name()} (attention "
+            f"{self.runtime()['attention_dtype']}): {loaded.dtype_reason}\n"
         )
         sys.stderr.flush()
 
@@ -144,10 +151,31 @@ class BuiltinGenerator:
         for q in self._queues.values():
             q.put_nowait(gone)
 
+    def _dtype_name(self) -> str:
+        loaded = self._loaded_or_fail()
+        return str(loaded.model.dtype).removeprefix("torch.")
+
+    def runtime(self) -> dict[str, str]:
+        """What the engine runs on and why (for /stats and /info)."""
+        loaded = self._loaded
+        if loaded is None:
+            return {"device": self._device}
+        return {
+            "device": self._device,
+            "dtype": self._dtype_name(),
+            "attention_dtype": str(loaded.model.kv_dtype).removeprefix("torch."),
+            "dtype_reason": loaded.dtype_reason,
+        }
+
     def stats(self) -> EngineStats:
         core = self._core
         if core is None:
-            return EngineStats(running=0, waiting=0, max_batch_size=self._max_batch_size)
+            return EngineStats(
+                running=0,
+                waiting=0,
+                max_batch_size=self._max_batch_size,
+                runtime=self.runtime(),
+            )
         running = core.scheduler.running
         # Counted from the streams: also covers requests not yet picked up by the engine.
         waiting = max(0, len(self._queues) - running)
@@ -157,6 +185,7 @@ class BuiltinGenerator:
             waiting=waiting,
             max_batch_size=self._max_batch_size,
             adapters=self._adapters.states(),
+            runtime=self.runtime(),
             extra={
                 "adapters_resident": float(self._adapters.pool.resident),
                 "adapter_stack_bytes": float(stack.allocated_bytes if stack else 0),

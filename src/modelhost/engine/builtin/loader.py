@@ -14,6 +14,13 @@ from pathlib import Path
 
 import torch
 
+from modelhost.engine.builtin import row_blocks
+from modelhost.engine.builtin.dtype_choice import (
+    DtypeChoice,
+    attention_dtype,
+    choose,
+    detect_cpu,
+)
 from modelhost.engine.builtin.kv_cache import CacheShape, SlotKVCache
 from modelhost.engine.builtin.model import (
     CausalLM,
@@ -40,6 +47,8 @@ class LoadedModel:
     kv_budget_tokens: int
     description: str
     folder: Path  # the HF-format folder the weights were read from
+    dtype_reason: str = ""  # why this dtype (see dtype_choice.py)
+    row_blocks: dict[str, tuple[int, ...]] = field(default_factory=dict)  # per weight shape
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -50,16 +59,14 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def pick_dtype(name: str, device: str) -> torch.dtype:
-    if name != "auto":
-        return _DTYPES[name]
-    if device.startswith("cuda"):
-        return torch.bfloat16
-    # bf16 on CPU is only fast (and batch-invariant) through oneDNN's bf16 kernels.
-    mkldnn = torch.backends.mkldnn.is_available()  # type: ignore[no-untyped-call]
-    if mkldnn and torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
+def pick_dtype(name: str, device: str) -> DtypeChoice:
+    cpu = None if device.startswith("cuda") else detect_cpu()
+    return choose(name, device, cpu)
+
+
+def pick_attention_dtype(model_dtype: str, device: str) -> str:
+    cpu = None if device.startswith("cuda") else detect_cpu()
+    return attention_dtype(model_dtype, device, cpu)
 
 
 def load(
@@ -95,10 +102,12 @@ def load(
         raise WeightsError(
             f"--context-length {context} exceeds the model's maximum of {spec.max_positions}"
         )
-    dtype = pick_dtype(options.dtype, device)
+    choice = pick_dtype(options.dtype, device)
+    dtype = _DTYPES[choice.name]
+    kv_dtype = _DTYPES[pick_attention_dtype(choice.name, device)]
     t1 = time.perf_counter()
     try:
-        model = load_model(files.folder, spec, dtype, device)
+        model = load_model(files.folder, spec, dtype, device, kv_dtype)
     except WeightsMissing as exc:
         raise WeightsError(f"cannot load {files.description}: {exc}") from None
     except OSError as exc:
@@ -108,9 +117,12 @@ def load(
     prompts_tok, decode_tok = _tokenizers(files.folder)
     timings["tokenizer_load_s"] = time.perf_counter() - t2
     t3 = time.perf_counter()
+    row_blocks = _calibrate(model, options.cache_dir or default_cache_dir())
+    timings["calibrate_s"] = time.perf_counter() - t3
+    t4 = time.perf_counter()
     warm_up(model)
-    timings["warmup_s"] = time.perf_counter() - t3
-    element = torch.empty((), dtype=dtype).element_size()
+    timings["warmup_s"] = time.perf_counter() - t4
+    element = torch.empty((), dtype=kv_dtype).element_size()
     budget = int(options.kv_cache_gb * 1e9) // (spec.kv_elements_per_token * element)
     timings["load_total_s"] = time.perf_counter() - t0
     return LoadedModel(
@@ -121,8 +133,23 @@ def load(
         kv_budget_tokens=max(budget, context),
         description=files.description,
         folder=files.folder,
+        dtype_reason=choice.reason,
+        row_blocks=row_blocks,
         timings=timings,
     )
+
+
+def _calibrate(model: CausalLM, cache_dir: Path) -> dict[str, tuple[int, ...]]:
+    """The row blocks of every linear (row_blocks.py), probed once per machine and weight
+    shape and cached: the probe costs about a second, a cache hit nothing."""
+    if model.device.type != "cpu":
+        return model.calibrate_row_blocks()
+    path = cache_dir / "row-blocks" / f"{row_blocks.machine_key(model.dtype)}.json"
+    known = row_blocks.load_known(path)
+    found = model.calibrate_row_blocks(known)
+    if found != known:
+        row_blocks.save_known(path, found)
+    return found
 
 
 def _tokenizers(folder: Path) -> tuple[TextTokenizer, TextTokenizer]:
@@ -137,7 +164,9 @@ def _tokenizers(folder: Path) -> tuple[TextTokenizer, TextTokenizer]:
 def warm_up(model: CausalLM) -> None:
     """One prefill and one decode so the first request does not pay for kernel setup."""
     spec = model.spec
-    shape = CacheShape(spec.num_layers, spec.num_kv_heads, spec.head_dim, model.dtype, model.device)
+    shape = CacheShape(
+        spec.num_layers, spec.num_kv_heads, spec.head_dim, model.kv_dtype, model.device
+    )
     cache = SlotKVCache(shape, max_slots=2, max_length=64)
     cache.ensure(2, 64)
     dev = model.device

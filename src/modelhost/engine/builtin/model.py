@@ -6,14 +6,15 @@ step over all rows. Attention is the only per-sequence part: decode rows read th
 KV cache in one batched SDPA call; each prefill chunk attends over its own slot.
 
 Greedy output must not depend on the batch, so every kernel here must give a row the same bits
-whatever else is in the batch. Measured on this stack: bf16 oneDNN linears are row-invariant, fp32
-MKL ones are not; SDPA with a boolean mask is invariant when the key length is padded to a
-multiple of 32 (KEY_BLOCK). That is why bf16 is the default dtype on CPU and why key lengths are
-rounded up. Weights are read from safetensors once; linears are pre-packed for oneDNN on CPU.
+whatever else is in the batch. Linears run on blocks of row counts checked at start to have
+that property on this CPU (row_blocks.py); SDPA with a mask is invariant when the key length is
+padded to a multiple of 32 (KEY_BLOCK), which is why key lengths are rounded up. Weights are
+read from safetensors once; on CPU, linears are pre-packed for oneDNN.
 """
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,14 +24,17 @@ import torch
 import torch.nn.functional as F
 
 from modelhost.engine.builtin.kv_cache import SlotKVCache, round_up
+from modelhost.engine.builtin.row_blocks import CANDIDATES, consistent_sizes, run_in_blocks
 from modelhost.engine.builtin.spec import ModelSpec
 
 if TYPE_CHECKING:
     from modelhost.engine.builtin.lora import StepLora
 
 KEY_BLOCK = 32  # attention key lengths are padded to a multiple of this (batch invariance)
-_LM_HEAD_ROWS = 32  # see forward(): larger LM-head batches are not row-invariant
 _PACK_HINT = 16  # oneDNN blocks packed weights for this many rows; fastest from 1 to 64 rows
+# The LM head only sees the rows that sample (a batch's decode rows and its prompts' last rows);
+# probing it beyond 64 rows would cost more start time than it saves.
+_LM_HEAD_CANDIDATES = tuple(c for c in CANDIDATES if c <= 64)
 
 
 class WeightsMissing(Exception):
@@ -38,24 +42,36 @@ class WeightsMissing(Exception):
 
 
 class Linear:
-    """y = x W^T (+ b). On CPU in bf16 the weight is pre-packed for oneDNN once, which skips
-    the per-call reorder and is what makes bf16 both fast and batch-invariant here."""
+    """y = x W^T (+ b). On CPU the weight is pre-packed for oneDNN once (bf16 and fp32), which
+    skips the per-call reorder and is about twice as fast as MKL's fp32 GEMM here. `sizes`, once
+    calibrated, are the row counts each call is made with (row_blocks.py); None: any count."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, packed: bool) -> None:
         self.bias = bias
+        self.in_features = weight.shape[1]
         self.out_features = weight.shape[0]
         self.packed = packed
         self.weight = (
             torch.ops.mkldnn._reorder_linear_weight(weight, _PACK_HINT) if packed else weight
         )
+        self.sizes: tuple[int, ...] | None = None
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """One GEMM over every row of x, whatever their count."""
         if self.packed:
             out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(
                 x, self.weight, self.bias, "none", [], ""
             )
             return out
         return F.linear(x, self.weight, self.bias)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.sizes is None:
+            return self.apply(x)
+        return run_in_blocks(self.apply, x, self.sizes)
+
+    def shape_key(self) -> tuple[int, int, int, int]:
+        return (self.out_features, self.in_features, int(self.bias is not None), int(self.packed))
 
 
 @dataclass
@@ -108,16 +124,20 @@ def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor
 
 class CausalLM:
     def __init__(
-        self, spec: ModelSpec, tensors: dict[str, torch.Tensor], dtype: torch.dtype, device: str
+        self,
+        spec: ModelSpec,
+        tensors: dict[str, torch.Tensor],
+        dtype: torch.dtype,
+        device: str,
+        kv_dtype: torch.dtype | None = None,
     ) -> None:
         self.spec = spec
         self.dtype = dtype
+        # The KV cache and attention may run in another dtype than the linears (see
+        # dtype_choice.attention_dtype): fp32 attention is 4x faster on CPUs without AMX.
+        self.kv_dtype = kv_dtype or dtype
         self.device = torch.device(device)
-        packed = (
-            self.device.type == "cpu"
-            and dtype == torch.bfloat16
-            and torch.backends.mkldnn.is_available()  # type: ignore[no-untyped-call]
-        )
+        packed = self.device.type == "cpu" and can_pack(dtype)
 
         def get(name: str) -> torch.Tensor:
             if name not in tensors:
@@ -188,12 +208,14 @@ class CausalLM:
             qk = qk * cos + swapped * sin
             q, k = qk[:, :nh], qk[:, nh:]
             v = qkv[:, (nh + nkv) * hd :].view(t, nkv, hd)
+            if self.kv_dtype != x.dtype:
+                q, k, v = q.to(self.kv_dtype), k.to(self.kv_dtype), v.to(self.kv_dtype)
             keys.view(-1, nkv, hd).index_copy_(0, flat_index, k)
             values.view(-1, nkv, hd).index_copy_(0, flat_index, v)
             if not step.prefill:
                 attn = self._decode_attention(q, step, keys, values, decode_mask, key_len)
             else:
-                attn = torch.empty((t, nh * hd), dtype=x.dtype, device=x.device)
+                attn = torch.empty((t, nh * hd), dtype=self.kv_dtype, device=x.device)
             if step.decode_rows and step.prefill:
                 attn[: step.decode_rows] = self._decode_attention(
                     q[: step.decode_rows], step, keys, values, decode_mask, key_len
@@ -201,6 +223,7 @@ class CausalLM:
             for span, mask in zip(step.prefill, prefill_masks, strict=True):
                 rows = slice(span.row, span.row + span.length)
                 attn[rows] = self._prefill_attention(q[rows], span, keys, values, mask)
+            attn = attn.to(x.dtype)
             o = layer.o_proj(attn)
             if lora is not None:
                 lora.add(i, "o", attn, o)
@@ -216,12 +239,40 @@ class CausalLM:
                 lora.add(i, "down", act, down)
             x = x + down
         last = _rms_norm(x[step.sample_rows], self.norm, spec.rms_norm_eps)
-        if last.shape[0] <= _LM_HEAD_ROWS:
-            return self.lm_head(last).float()
-        # oneDNN's kernel for the (vocab x hidden) LM head changes a row's bits from 64 rows
-        # up; blocks of at most 32 rows keep every row's logits independent of the batch.
-        blocks = [self.lm_head(part) for part in torch.split(last, _LM_HEAD_ROWS)]
-        return torch.cat(blocks).float()
+        return self.lm_head(last).float()
+
+    def linears(self) -> Iterator[tuple[Linear, tuple[int, ...]]]:
+        """Every linear with the row counts worth probing for it."""
+        for layer in self.layers:
+            for linear in (layer.qkv, layer.o_proj, layer.gate_up, layer.down):
+                yield linear, CANDIDATES
+        yield self.lm_head, _LM_HEAD_CANDIDATES
+
+    def calibrate_row_blocks(
+        self, known: dict[str, tuple[int, ...]] | None = None
+    ) -> dict[str, tuple[int, ...]]:
+        """Give every linear the row counts that keep its rows batch-invariant (row_blocks.py),
+        probing one linear of each weight shape unless `known` (an earlier probe on this
+        machine) has it. On CUDA nothing is probed: cuBLAS chooses its kernels by shape, so
+        batch invariance is not promised there (docs/engine-builtin.md). Returns the sizes per
+        shape."""
+        if self.device.type != "cpu":
+            return {}
+        found = dict(known or {})
+        with torch.inference_mode():
+            for linear, candidates in self.linears():
+                key = "x".join(map(str, linear.shape_key()))
+                if key not in found:
+                    found[key] = consistent_sizes(
+                        linear.apply,
+                        linear.in_features,
+                        linear.out_features,
+                        self.dtype,
+                        self.device,
+                        candidates,
+                    )
+                linear.sizes = found[key]
+        return found
 
     def _decode_mask(self, step: StepInput) -> tuple[torch.Tensor | None, int]:
         if not step.decode_rows:
@@ -233,7 +284,7 @@ class CausalLM:
         lengths = step.slot_lengths.clamp(min=1)
         visible = (span[None, :] < lengths[:, None])[:, None, None, :]
         # Additive form built once per step; SDPA would convert a boolean mask in every layer.
-        mask = torch.zeros(visible.shape, dtype=self.dtype, device=self.device)
+        mask = torch.zeros(visible.shape, dtype=self.kv_dtype, device=self.device)
         return mask.masked_fill_(~visible, float("-inf")), key_len
 
     def _decode_attention(
@@ -268,7 +319,7 @@ class CausalLM:
         key_len = round_up(span.start + span.length, KEY_BLOCK)
         rows = torch.arange(span.start, span.start + span.length, device=self.device)
         visible = torch.arange(key_len, device=self.device)[None, :] <= rows[:, None]
-        mask = torch.zeros(visible.shape, dtype=self.dtype, device=self.device)
+        mask = torch.zeros(visible.shape, dtype=self.kv_dtype, device=self.device)
         return mask.masked_fill_(~visible, float("-inf"))
 
     def _prefill_attention(
@@ -291,6 +342,16 @@ class CausalLM:
         return out[0].transpose(0, 1).reshape(span.length, -1)
 
 
+def can_pack(dtype: torch.dtype) -> bool:
+    """Whether oneDNN can pre-pack CPU weights of this dtype here (bf16 needs AVX-512 or
+    AVX-NE-CONVERT; fp32 works on any x86-64 CPU torch runs on)."""
+    if not torch.backends.mkldnn.is_available():  # type: ignore[no-untyped-call]
+        return False
+    if dtype == torch.float32:
+        return platform.machine().lower() in ("x86_64", "amd64")
+    return dtype == torch.bfloat16 and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def read_safetensors(folder: Path) -> Iterator[tuple[str, torch.Tensor]]:
     from safetensors import safe_open
 
@@ -303,6 +364,12 @@ def read_safetensors(folder: Path) -> Iterator[tuple[str, torch.Tensor]]:
                 yield name, handle.get_tensor(name)
 
 
-def load_model(folder: Path, spec: ModelSpec, dtype: torch.dtype, device: str) -> CausalLM:
+def load_model(
+    folder: Path,
+    spec: ModelSpec,
+    dtype: torch.dtype,
+    device: str,
+    kv_dtype: torch.dtype | None = None,
+) -> CausalLM:
     tensors = dict(read_safetensors(folder))
-    return CausalLM(spec, tensors, dtype, device)
+    return CausalLM(spec, tensors, dtype, device, kv_dtype)
