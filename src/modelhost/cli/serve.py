@@ -73,6 +73,13 @@ def serve(
         config=config,
         discover_gpus=discover_gpus,
     )
+    from modelhost import requirements
+
+    postgres = (settings.database_url or "").startswith("postgresql")
+    problems = requirements.unmet(("postgres",) if postgres else ())
+    if problems:
+        typer.echo(f"modelhost cannot start: {problems[0]}", err=True)
+        raise typer.Exit(1)
     # Imported here: the server pulls in the whole control plane, which no client command needs.
     from modelhost.server import run
 

@@ -26,6 +26,7 @@ from collections.abc import Iterator
 
 import uvicorn
 
+from modelhost import requirements
 from modelhost.engine.args import FATAL_EXIT_CODE, FATAL_PREFIX, EngineArgs, parse
 from modelhost.engine.protocol import Generator
 from modelhost.engine.server import StartupError, create_app
@@ -148,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         return _fatal("invalid engine command line (see the usage message above)")
     args, drain_timeout = split_server_flags(args)
+    problems = requirements.unmet(("engine",) if args.engine == "builtin" else ())
+    if problems:
+        return _fatal(problems[0])
     try:
         generator = build_generator(args)
         sock = _bind(args.host, args.port)

@@ -1,5 +1,9 @@
 """The LoRAX surface of an engine: POST /generate, /generate_stream and / (dispatch on
-`stream`), with LoRAX's request, response and error shapes (TGI-compatible)."""
+`stream`), with LoRAX's request, response and error shapes (TGI-compatible).
+
+`/` is the route LoRAX's own Python client calls: like LoRAX, it answers a non-streaming
+request with a JSON list of one object (the client reads `payload[0]`), and a streaming one
+with the same SSE as /generate_stream."""
 
 from __future__ import annotations
 
@@ -140,9 +144,10 @@ def _token_json(event: TokenEvent) -> str:
 
 
 class LoraxRenderer:
-    def __init__(self, stream: bool, details: bool, prefix: str) -> None:
+    def __init__(self, stream: bool, details: bool, prefix: str, as_list: bool = False) -> None:
         self.stream = stream
         self.want_tokens = details
+        self._as_list = as_list  # the compat route `/` wraps the answer in a list
         self._prefix = prefix  # the prompt, when return_full_text
         self._texts: list[str] = [prefix] if prefix else []
 
@@ -171,6 +176,10 @@ class LoraxRenderer:
         return f'data:{{"token":{token},"generated_text":{text},"details":{details}}}\n\n'.encode()
 
     def full_body(self, result: Result) -> bytes:
+        body = self._full_object(result)
+        return b"[" + body + b"]" if self._as_list else body
+
+    def _full_object(self, result: Result) -> bytes:
         final = result.final
         out: dict[str, Any] = {"generated_text": self._prefix + result.text}
         if self.want_tokens:
@@ -202,7 +211,9 @@ def build_router(state: EngineState) -> APIRouter:
         p = body.parameters or LoraxParameters()
         do_stream = bool(body.stream) if stream is None else stream
         prefix = body.inputs if p.return_full_text else ""
-        return GenerationResponse(state, gen, LoraxRenderer(do_stream, bool(p.details), prefix))
+        as_list = stream is None and not do_stream
+        renderer = LoraxRenderer(do_stream, bool(p.details), prefix, as_list)
+        return GenerationResponse(state, gen, renderer)
 
     @router.post("/generate")
     async def generate(request: Request) -> Response:

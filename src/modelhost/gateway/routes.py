@@ -13,7 +13,13 @@ from fastapi.responses import JSONResponse, Response
 from modelhost.api.deps import bearer_token, resolve_principal
 from modelhost.api.errors import error_response
 from modelhost.domain.status import DeploymentStatus, DesiredState
-from modelhost.errors import InvalidRequest, ModelhostError, PayloadTooLarge, Unavailable
+from modelhost.errors import (
+    InvalidRequest,
+    ModelhostError,
+    PayloadTooLarge,
+    QueueFull,
+    Unavailable,
+)
 from modelhost.gateway.core import Gateway
 from modelhost.gateway.proxy import ClientGone, Style, Upstream, forward
 from modelhost.gateway.resolve import Target, resolve_adapter_on, resolve_model, resolve_path
@@ -23,6 +29,8 @@ from modelhost.store.tables import Deployment
 from modelhost.store.users import Principal
 
 router = APIRouter()
+# What a LoRAX /health of a deployment without a ready replica suggests before asking again.
+HEALTH_RETRY_AFTER_S = 5
 
 
 def _services(request: Request) -> Services:
@@ -36,10 +44,21 @@ def _gateway(request: Request) -> Gateway:
 
 
 def lorax_error(exc: ModelhostError) -> JSONResponse:
+    """LoRAX's error shape. Where LoRAX has a word for the failure it is used, so that its
+    client raises the same exception as against LoRAX: invalid input is 422 `validation`
+    (ValidationError, like the engine's own answer), a full queue `overloaded`
+    (OverloadedError). Otherwise `error_type` is our code and the client picks its exception
+    by status: 404 (unknown deployment or adapter) is its NotFoundError, naming what is unknown.
+    """
+    status, error_type = exc.status_code, exc.code or exc.error_type
+    if isinstance(exc, InvalidRequest):
+        status, error_type = 422, "validation"
+    elif isinstance(exc, QueueFull):
+        error_type = "overloaded"
     response = error_response(exc)
     return JSONResponse(
-        {"error": exc.message, "error_type": exc.code or exc.error_type},
-        status_code=exc.status_code,
+        {"error": exc.message, "error_type": error_type},
+        status_code=status,
         headers={k: v for k, v in response.headers.items() if k.lower() == "retry-after"},
     )
 
@@ -209,23 +228,36 @@ def _with_adapter(
     return target
 
 
+def _lookup(request: Request, who: Principal, username: str, model_name: str) -> Target:
+    with _services(request).db.session() as s:
+        return resolve_path(s, who, username, model_name)
+
+
+async def _deployment(request: Request, username: str, model_name: str) -> Target:
+    """The deployment a LoRAX base URL names, as the caller may see it."""
+    who = await _principal(request)
+    return await asyncio.to_thread(_lookup, request, who, username, model_name)
+
+
 async def _lorax(request: Request, username: str, model_name: str, path: str) -> Response:
     openai_style = path.startswith("/v1/")
     try:
         who = await _principal(request)
         body = await _body(request, _services(request).settings.max_body_bytes)
-
-        def lookup() -> Target:
-            with _services(request).db.session() as s:
-                return resolve_path(s, who, username, model_name)
-
-        base = await asyncio.to_thread(lookup)
+        base = await asyncio.to_thread(_lookup, request, who, username, model_name)
         target = await asyncio.to_thread(_with_adapter, request, who, base, body, openai_style)
         return await _proxy(request, target, path, body, "openai" if openai_style else "lorax")
     except ClientGone:
         return Response(status_code=499)
     except ModelhostError as exc:
         return error_response(exc) if openai_style else lorax_error(exc)
+
+
+@router.post("/deployments/{username}/{model_name}")
+async def lorax_compat(request: Request, username: str, model_name: str) -> Response:
+    """LoRAX's compat route, the one its Python client calls: the engine's `POST /` answers a
+    list of one object, or SSE when `stream` is true."""
+    return await _lorax(request, username, model_name, "/")
 
 
 @router.post("/deployments/{username}/{model_name}/generate")
@@ -248,16 +280,30 @@ async def lorax_completions(request: Request, username: str, model_name: str) ->
     return await _lorax(request, username, model_name, "/v1/completions")
 
 
+@router.get("/deployments/{username}/{model_name}/health")
+async def lorax_health(request: Request, username: str, model_name: str) -> Response:
+    """200 when a replica is ready to serve now, as LoRAX answers once its model is loaded.
+    A deployment with none (scaled to zero, starting) is a 503 with Retry-After, although a
+    generate request would still be served after a cold start."""
+    try:
+        target = await _deployment(request, username, model_name)
+        _check_servable(target)
+        if _gateway(request).pool(target.deploy_id).any_endpoint() is None:
+            raise Unavailable(
+                f"no replica of {target.full_name} is ready (status {target.status}); "
+                "a generate request starts one",
+                code="no_ready_replica",
+                retry_after=HEALTH_RETRY_AFTER_S,
+            )
+    except ModelhostError as exc:
+        return lorax_error(exc)
+    return JSONResponse({"status": "ok"})
+
+
 @router.get("/deployments/{username}/{model_name}/info")
 async def lorax_info(request: Request, username: str, model_name: str) -> Response:
     try:
-        who = await _principal(request)
-
-        def lookup() -> Target:
-            with _services(request).db.session() as s:
-                return resolve_path(s, who, username, model_name)
-
-        target = await asyncio.to_thread(lookup)
+        target = await _deployment(request, username, model_name)
     except ModelhostError as exc:
         return lorax_error(exc)
     pool = _gateway(request).pool(target.deploy_id)
