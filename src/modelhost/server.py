@@ -54,6 +54,10 @@ def run(settings: Settings) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # The control loops probe every replica's /health or /stats each second; httpx logs each
+    # request at INFO, which buried everything else in the log.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     try:
         lock = _lock_data_dir(settings.data_dir)
         sock = _bind(settings.host, settings.port)

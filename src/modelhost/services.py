@@ -13,6 +13,7 @@ from modelhost.catalog import CatalogModel, build_catalog
 from modelhost.config import Settings
 from modelhost.security.secretbox import SecretBox
 from modelhost.store.db import Database
+from modelhost.store.token_usage import TokenUsage
 
 if TYPE_CHECKING:
     from modelhost.orchestrator.inventory import Inventory
@@ -25,6 +26,7 @@ class Services:
     secrets: SecretBox
     catalog: dict[str, CatalogModel]
     inventory: Inventory
+    token_usage: TokenUsage
     _loop: asyncio.AbstractEventLoop | None = None
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -61,4 +63,5 @@ def build_services(settings: Settings) -> Services:
         inventory=Inventory.discover(
             settings.gpus, settings.cpu_slots, nvidia=settings.discover_gpus
         ),
+        token_usage=TokenUsage(db),
     )

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import stat
+from datetime import UTC, datetime
+from typing import Any
 
 from modelhost.config import Settings
 from tests.component.conftest import Api
-from tests.conftest import ADMIN_TOKEN, auth
+from tests.conftest import ADMIN_TOKEN, auth, wait_until
 
 
 def test_admin_creates_user_who_sees_only_self(api: Api) -> None:
@@ -83,3 +85,29 @@ def test_generated_admin_token_file_is_private(tmp_path) -> None:  # type: ignor
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     with TestClient(app) as client:
         assert client.get("/v1/me", headers=auth(token)).json()["is_admin"] is True
+
+
+def _when(value: str) -> datetime:
+    assert value.endswith("Z"), value  # ISO 8601 in UTC, like every other time in the API
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def test_tokens_show_iso_creation_and_last_use(api: Api) -> None:
+    before = datetime.now(UTC)
+    token = api.new_user("frank")
+    h = auth(token)
+    unused = api.client.post("/v1/api-tokens", json={"name": "spare"}, headers=h).json()
+    assert before <= _when(unused["created_at"]) <= datetime.now(UTC)
+    assert unused["last_used_at"] is None
+    assert api.client.get("/v1/me", headers=h).status_code == 200
+
+    def listed() -> dict[str, dict[str, Any]]:
+        return {t["name"]: t for t in api.client.get("/v1/api-tokens", headers=h).json()}
+
+    # Recorded off the request path, so it appears shortly after the use.
+    tokens = wait_until(
+        lambda: (t := listed())["default"]["last_used_at"] and t, timeout=10, what="last_used_at"
+    )
+    assert before <= _when(tokens["default"]["last_used_at"]) <= datetime.now(UTC)
+    assert _when(tokens["default"]["created_at"]) <= _when(tokens["default"]["last_used_at"])
+    assert tokens["spare"]["last_used_at"] is None

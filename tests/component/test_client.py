@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import socket
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -170,6 +171,7 @@ def test_private_deployments_are_404_to_others(alice: Client, admin: Client) -> 
 
 def test_running_simulator_replica_chat_and_logs(alice: Client, tmp_path: Path) -> None:
     """A real replica (the simulator engine) end to end through the SDK."""
+    started = datetime.now(UTC)
     dep = alice.create_llm(
         next(_names),
         engine="simulator",
@@ -194,7 +196,13 @@ def test_running_simulator_replica_chat_and_logs(alice: Client, tmp_path: Path) 
         stream = alice.follow_logs(dep.deploy_id)
         first = next(stream)
         stream.close()
-        assert first.replica and isinstance(first.line, str)
+        assert first.replica and isinstance(first.line, str) and first.ts is not None
         assert alice.logs(dep.deploy_id, limit=5)
+        # Every line carries the time it was written, in order, from this test's run.
+        entries = alice.logs(dep.deploy_id, limit=500)
+        assert entries[0].line.startswith("[modelhost] starting replica")
+        times = [e.ts for e in entries]
+        assert all(ts is not None and started <= ts <= datetime.now(UTC) for ts in times), times
+        assert times == sorted(times)  # type: ignore[type-var]
     finally:
         alice.delete_deployment(dep.deploy_id)

@@ -4,6 +4,7 @@ nothing, growth toward max under load, and the way back to standby."""
 from __future__ import annotations
 
 import concurrent.futures
+from typing import Any
 
 import httpx
 import pytest
@@ -87,21 +88,53 @@ def test_scale_to_zero_cold_start_burst_and_back(fast_serve: ServeProcess) -> No
     assert "modelhost_cold_start_first_token_seconds_count" in text
 
 
+def events_since(server: ServeProcess, deploy_id: str, after: int) -> list[dict[str, Any]]:
+    r = server.client.get(f"/deploy/{deploy_id}/events", params={"after": after})
+    return list(r.json()["events"])
+
+
 def test_request_during_scale_down_is_not_dropped(fast_serve: ServeProcess) -> None:
     server = fast_serve
     dep = create(
         server,
         "shrink",
         max_batch_size=2,
-        settings={**FAST, "min_instances": 0},
-        engine_args=["--tpot-ms", "20"],
+        settings=FAST,
+        engine_args=["--tpot-ms", "20", "--startup-s", "0.2"],
     )
-    wait_status(server, dep["deploy_id"], "ready")
-    codes: list[int] = []
-    # Keep a trickle of requests going across the moment the deployment scales down and up.
+    deploy_id = dep["deploy_id"]
+    wait_status(server, deploy_id, "ready")
+    seen = max((e["id"] for e in events_since(server, deploy_id, 0)), default=0)
+    # Load that needs more than one replica: 12 requests of ~1 s each at 2 per replica.
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        futures = [pool.submit(chat, server, "admin/shrink", 50) for _ in range(12)]
+        peak = wait_until(
+            lambda: (n := get(server, deploy_id)["instances"]["running"]) >= 2 and n,
+            timeout=60,
+            what="scale-out to 2 replicas",
+        )
+        codes = [f.result().status_code for f in futures]
+    assert codes == [200] * 12, codes
+
+    # The load is over: after the cooldown the autoscaler retires a replica. As soon as one is
+    # draining, requests go out; each must be served by a replica that stays.
+    draining = wait_until(
+        lambda: [
+            e for e in events_since(server, deploy_id, seen) if e["kind"] == "replica_draining"
+        ],
+        timeout=60,
+        interval=0.05,
+        what="a replica to start draining",
+    )
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        for _ in range(6):
-            futures = [pool.submit(chat, server, "admin/shrink", 10) for _ in range(4)]
-            codes += [f.result().status_code for f in futures]
-            wait_until(lambda: True, timeout=1)
-    assert set(codes) == {200}, codes
+        during = list(pool.map(lambda _: chat(server, "admin/shrink", 10), range(4)))
+    assert [r.status_code for r in during] == [200] * 4, [r.text for r in during][:2]
+    # "replica <id>: <reason>": none of them went to the replica on its way out.
+    drained = draining[0]["message"].split()[1].rstrip(":")
+    assert drained not in {r.headers["x-replica"] for r in during}
+    # It was a real scale-down: the deployment ends with fewer replicas than at the peak.
+    wait_until(
+        lambda: get(server, deploy_id)["instances"]["running"] < peak,
+        timeout=60,
+        what="the instance count to drop",
+    )

@@ -6,6 +6,7 @@ import concurrent.futures
 import json
 import threading
 import time
+from datetime import datetime
 
 import httpx
 import pytest
@@ -116,6 +117,7 @@ def test_client_disconnect_cancels_upstream(serve: ServeProcess) -> None:
     )
     obs = serve.client.get(f"/deploy/{dep['deploy_id']}/logs").json()["entries"]
     assert obs  # the replica logged its start
+    assert all(e["ts"] and datetime.fromisoformat(e["ts"]) for e in obs), obs
 
 
 def test_logs_follow_streams_new_lines(serve: ServeProcess) -> None:
@@ -140,5 +142,7 @@ def test_logs_follow_streams_new_lines(serve: ServeProcess) -> None:
     t = threading.Thread(target=follow, daemon=True)
     t.start()
     assert done.wait(30), got
-    assert all(set(e) == {"replica", "line"} for e in got)
+    assert all(set(e) == {"ts", "replica", "line"} for e in got)
+    # ISO 8601 UTC, like every time the API returns.
+    assert all(e["ts"].endswith("Z") and datetime.fromisoformat(e["ts"]) for e in got), got
     time.sleep(0.1)

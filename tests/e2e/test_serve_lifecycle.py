@@ -104,6 +104,10 @@ def test_create_stream_update_delete(serve: ServeProcess) -> None:
     assert serve.client.get(f"/deploy/{dep['deploy_id']}").status_code == 404
     with pytest.raises(openai.NotFoundError):
         client.completions.create(model="admin/chat", prompt="x", max_tokens=1)
+    # The server's own INFO lines are logged, the replicas' health and stats probes are not.
+    log = serve.log_path.read_text()
+    assert "is ready on port" in log
+    assert "HTTP Request:" not in log, [line for line in log.splitlines() if "HTTP Req" in line][:3]
 
 
 def test_killed_replica_is_replaced_and_in_flight_request_fails_cleanly(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -414,6 +415,47 @@ def test_bounds_clamp_and_say_so() -> None:
     decision, _ = decide(ctx(2.0, 200, current=2, settings=settings), PolicyState())
     assert decision.desired == 3
     assert "max_instances 3" in decision.reason
+
+
+IN_COOLDOWN = PolicyState(first_seen_at=0.0)  # decisions at t=2: 58 s of cooldown left
+
+
+@pytest.mark.parametrize(
+    ("case", "floor", "state", "current", "ready", "expected", "held"),
+    [
+        # At the floor there is nothing to scale down to, so nothing is "held".
+        ("min 1 at floor, cooldown", 1, IN_COOLDOWN, 1, 1, 1, None),
+        ("min 2 at floor, cooldown", 2, IN_COOLDOWN, 2, 2, 2, None),
+        ("min 2 at floor, after cooldown", 2, LONG_AGO, 2, 2, 2, None),
+        ("min 2 at floor, one starting", 2, LONG_AGO, 2, 1, 2, None),
+        # Above the floor, a held scale-down names the floor, never a count below it.
+        ("min 2 above floor, cooldown", 2, IN_COOLDOWN, 4, 4, 4, "scale-down to 2 held by cool"),
+        ("min 2 above floor, starting", 2, LONG_AGO, 4, 3, 4, "scale-down to 2 held: 1 replica"),
+        ("min 2 above floor, after cooldown", 2, LONG_AGO, 4, 4, 3, None),
+        ("min 2 one step from floor", 2, LONG_AGO, 3, 3, 2, None),
+        # With min 0 a scale-down to 0 is a real target.
+        ("min 0, cooldown", 0, IN_COOLDOWN, 1, 1, 1, "scale-down to 0 held by cooldown"),
+    ],
+)
+def test_idle_scale_down_reason_respects_min_instances(
+    case: str,
+    floor: int,
+    state: PolicyState,
+    current: int,
+    ready: int,
+    expected: int,
+    held: str | None,
+) -> None:
+    settings = replace(SETTINGS, min_instances=floor)
+    context = ctx(2.0, 0, current=current, ready=ready, settings=settings)
+    decision, _ = decide(context, replace(state, last_desired=current))
+    assert decision.desired == expected, case
+    targets = [int(n) for n in re.findall(r"scale-down to (\d+)", decision.reason)]
+    assert all(n >= floor for n in targets), (case, decision.reason)
+    if held is None:
+        assert "held" not in decision.reason, (case, decision.reason)
+    else:
+        assert held in decision.reason, (case, decision.reason)
 
 
 @pytest.mark.parametrize("limit", ["capacity", "quota"])

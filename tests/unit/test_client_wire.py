@@ -156,9 +156,12 @@ def test_lists_accept_bare_and_wrapped_bodies() -> None:
             case "/v1/users":
                 return httpx.Response(200, json={"users": [{"username": "a", "gpu_limit": 4}]})
             case "/v1/api-tokens":
-                return httpx.Response(
-                    200, json=[{"token_id": "t1", "name": "ci", "created_at": 1700000000}]
-                )
+                tokens = [
+                    {"token_id": "t1", "name": "ci", "created_at": "2023-11-14T22:13:20Z"},
+                    # Older servers sent unix seconds; the SDK still reads them.
+                    {"token_id": "t2", "name": "old", "created_at": 1700000000},
+                ]
+                return httpx.Response(200, json=tokens)
             case "/deploy/llm/gpu_availability":
                 body = {"gpus": [{"gpu": "CPU", "total": 4, "available": 3, "usd_per_hour": 0}]}
                 return httpx.Response(200, json=body)
@@ -170,8 +173,9 @@ def test_lists_accept_bare_and_wrapped_bodies() -> None:
     c = _client(handler)
     assert [d.deploy_id for d in c.list_deployments()] == ["d1", "d2"]
     assert c.list_users()[0].gpu_limit == 4
-    tok = c.list_tokens()[0]
+    tok, old = c.list_tokens()
     assert tok.token_id == "t1" and tok.created_at == datetime.fromtimestamp(1700000000, UTC)
+    assert old.created_at == tok.created_at and tok.last_used_at is None
     assert c.gpu_availability()[0].available == 3
     assert c.catalog_models()[0].available is False
 

@@ -14,7 +14,14 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from modelhost import __version__
-from modelhost.api import errors, routes_adapters, routes_deploy, routes_observe, routes_users
+from modelhost.api import (
+    docs_ui,
+    errors,
+    routes_adapters,
+    routes_deploy,
+    routes_observe,
+    routes_users,
+)
 from modelhost.api.bootstrap import bootstrap_admin
 from modelhost.config import Settings
 from modelhost.control import ControlLoops
@@ -48,13 +55,16 @@ def create_app(
         finally:
             await loops.stop()
             await gateway.close()
+            await asyncio.to_thread(services.token_usage.close)
             services.db.close()
 
     app = FastAPI(
         title="modelhost",
         version=__version__,
         lifespan=lifespan,
-        docs_url="/docs",
+        # The docs pages are added by docs_ui, with assets that need no internet.
+        docs_url=None,
+        redoc_url=None,
         openapi_url="/openapi.json",
     )
     app.state.services = services
@@ -62,6 +72,7 @@ def create_app(
     app.state.loops = loops
     app.state.admin_token = admin_token
     errors.install(app)
+    docs_ui.install(app)
     app.include_router(routes_users.router)
     app.include_router(routes_observe.router)
     app.include_router(routes_deploy.router)

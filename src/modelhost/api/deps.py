@@ -34,6 +34,7 @@ def resolve_principal(services: Services, token: str) -> Principal:
         who = authenticate(s, token)
     if who is None:
         raise Unauthorized("invalid or revoked API token")
+    services.token_usage.seen(who.token_id, who.token_last_used_at)
     return who
 
 

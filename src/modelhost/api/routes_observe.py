@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +16,10 @@ from fastapi.responses import StreamingResponse
 from modelhost.api.deps import PrincipalDep, ServicesDep
 from modelhost.api.views import event_object
 from modelhost.domain.deployments import CPU
+from modelhost.orchestrator.backends import log_stamps
 from modelhost.services import Services
 from modelhost.store import deployments as store
+from modelhost.store.clock import iso
 from modelhost.store.tables import Replica
 
 router = APIRouter()
@@ -87,16 +91,9 @@ def _replica_logs(
     return out
 
 
-def _tail(path: Path, limit: int) -> list[str]:
-    try:
-        with path.open("rb") as f:
-            f.seek(0, 2)
-            size = f.tell()
-            f.seek(max(0, size - 256 * 1024))
-            data = f.read()
-    except OSError:
-        return []
-    return data.decode("utf-8", "replace").splitlines()[-limit:]
+def _entry(replica_id: str, line: str, ts: float | None) -> dict[str, Any]:
+    when = iso(datetime.fromtimestamp(ts, UTC)) if ts is not None else None
+    return {"ts": when, "replica": replica_id, "line": line}
 
 
 @router.get("/deploy/{deploy_id}/logs", response_model=None)
@@ -112,10 +109,10 @@ def logs(
 ) -> dict[str, Any] | StreamingResponse:
     rows = _replica_logs(services, who, deploy_id, replica, since)
     entries = [
-        {"replica": r.id, "line": line}
+        _entry(r.id, line, ts)
         for r in rows
         if r.log_path
-        for line in _tail(Path(r.log_path), limit)
+        for line, ts in log_stamps.tail(r.log_path, limit)
     ][-limit:]
     if not follow:
         return {"entries": entries}
@@ -157,8 +154,10 @@ async def _follow(
             *lines, rest = data.split(b"\n")
             if rest:
                 partial[r.id] = rest
+            # Read within FOLLOW_POLL_S of being written: the time it is read is its time.
+            now = time.time()
             for line in lines:
-                entry = {"replica": r.id, "line": line.decode("utf-8", "replace")}
+                entry = _entry(r.id, line.decode("utf-8", "replace"), now)
                 yield (json.dumps(entry) + "\n").encode()
         await asyncio.sleep(FOLLOW_POLL_S)
 

@@ -52,7 +52,8 @@ def token_object(tok: ApiToken, plaintext: str | None = None) -> dict[str, Any]:
         "token_id": tok.id,
         "name": tok.name,
         "prefix": tok.prefix,
-        "created_at": int(tok.created_at.timestamp()),
+        "created_at": iso(tok.created_at),
+        "last_used_at": iso(tok.last_used_at),
     }
     if plaintext is not None:
         out["token"] = plaintext

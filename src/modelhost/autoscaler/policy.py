@@ -199,6 +199,8 @@ def decide(context: ScalingContext, state: PolicyState) -> tuple[ScalingDecision
     peak = max(value for _, value in window(samples, now, settings.stable_window_s))
     if peak > 0:
         down_want = max(down_want, math.floor(peak / (settings.panic_threshold * per_replica)) + 1)
+    # Never below the floor: a deployment at min_instances has no scale-down to hold or make.
+    down_want = max(down_want, settings.min_instances)
     previous = state.last_desired if state.last_desired is not None else context.current_replicas
     first_seen = state.first_seen_at if state.first_seen_at is not None else now
     # When the deployment last went from no ready replica to one: idle time for scale to zero

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -22,6 +23,8 @@ class Principal:
     is_admin: bool
     gpu_limit: int
     token_id: str
+    # The token's stored last_used_at, so recording this use needs no second read.
+    token_last_used_at: datetime | None = None
 
 
 def get_user(s: Session, username: str) -> User:
@@ -94,7 +97,9 @@ def authenticate(s: Session, plaintext: str) -> Principal | None:
     if row is None:
         return None
     token, user = row
-    return Principal(user.id, user.username, user.is_admin, user.gpu_limit, token.id)
+    return Principal(
+        user.id, user.username, user.is_admin, user.gpu_limit, token.id, token.last_used_at
+    )
 
 
 def list_tokens(s: Session, user_id: int) -> list[ApiToken]:

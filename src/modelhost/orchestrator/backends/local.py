@@ -3,7 +3,8 @@
 Replicas run in their own process group (so a stop reaches everything they spawned) with their
 output appended to `<data_dir>/logs/<deploy_id>/<replica_id>.log`. A background thread runs an
 asyncio loop that watches every replica: it notices exits, probes `/health` until a replica is
-ready, polls `/stats` afterwards, enforces the start-up timeout and escalates SIGTERM to SIGKILL.
+ready, polls `/stats` afterwards, enforces the start-up timeout and escalates SIGTERM to SIGKILL;
+it also notes how far each log has grown, which dates its lines (log_stamps).
 The public methods only update state and send signals, so none of them waits on a replica
 (except `adopt` and `close`, which are meant for server start and shutdown).
 """
@@ -24,6 +25,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from modelhost.orchestrator.backends import log_stamps
 from modelhost.orchestrator.backends.base import (
     AdoptResult,
     ReplicaHandle,
@@ -132,6 +134,7 @@ class LocalBackend:
             log.warning("could not start replica %s: %s", spec.replica_id, exc)
             r.state, r.fail_reason = ReplicaState.FAILED, f"could not start the engine: {exc}"
             r.exited_at, r.terminal_since = self._clock(), time.monotonic()
+            self._note_log(r)
             with self._lock:
                 self._replicas[spec.replica_id] = r
             return ReplicaHandle(spec.replica_id, None)
@@ -308,6 +311,8 @@ class LocalBackend:
                         del self._replicas[r.replica_id]
                     continue
                 self._check_process(r, now)
+                if not r.state.terminal:  # a replica that just ended was noted by _finish
+                    self._note_log(r)
                 if r.state == ReplicaState.STARTING and r.port is not None:
                     probes.append(self._probe_health(client, r))
                 elif r.state == ReplicaState.READY and r.port is not None and r.stats_path:
@@ -346,7 +351,16 @@ class LocalBackend:
         # Whatever the engine left behind in its group goes with it.
         signal_group(r.pid, signal.SIGKILL)
         note = r.finish(code, self._clock(), time.monotonic())
+        # The last note: a terminal replica is not watched any more.
+        self._note_log(r)
         log.info("replica %s %s", r.replica_id, note)
+
+    def _note_log(self, r: LocalReplica) -> None:
+        """Note how far the replica's log has grown, which times its lines (log_stamps).
+        Called with the lock held: a stat and, when it grew, one short append."""
+        if r.log_noted is None:
+            r.log_noted = log_stamps.last_noted(r.log_path)
+        r.log_noted = log_stamps.note_growth(r.log_path, r.log_noted, self._clock())
 
     async def _probe_health(self, client: httpx.AsyncClient, r: LocalReplica) -> None:
         try:

@@ -49,6 +49,8 @@ class LocalReplica:
     killed_because: str | None = None
     kill_at: float | None = None  # monotonic; SIGKILL the group then if still running
     terminal_since: float | None = None  # monotonic
+    # Log size of the last note in its stamps file (log_stamps); None until read back.
+    log_noted: int | None = None
 
     def observation(self) -> ReplicaObservation:
         return ReplicaObservation(
