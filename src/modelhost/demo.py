@@ -17,13 +17,15 @@ DEMO_NAME = "smollm2"
 SETTLE_TIMEOUT_S = 600.0
 
 
-def _token(settings: Settings, fresh: str | None) -> tuple[str, str]:
-    """The admin token, and how the printed commands should refer to it."""
+def _token(settings: Settings, fresh: str | None) -> tuple[str, str, str]:
+    """The admin token, how the printed commands refer to it, and how `modelhost login` reads
+    it (from stdin, so it never shows in `ps`)."""
     if settings.admin_token:
-        return settings.admin_token.get_secret_value(), "$MODELHOST_ADMIN_TOKEN"
+        ref = "$MODELHOST_ADMIN_TOKEN"
+        return settings.admin_token.get_secret_value(), ref, f'<<< "{ref}"'
     path = settings.data_dir / "admin-token"
     token = fresh or path.read_text().strip()
-    return token, f"$(cat {path})"
+    return token, f"$(cat {path})", f"< {path}"
 
 
 def _wait_server(client: httpx.Client) -> None:
@@ -63,7 +65,7 @@ def _ensure_deployment(client: httpx.Client) -> dict[str, object]:
 
 
 def _run(settings: Settings, fresh_token: str | None) -> None:
-    token, token_ref = _token(settings, fresh_token)
+    token, token_ref, token_stdin = _token(settings, fresh_token)
     url = f"http://{settings.host}:{settings.port}"
     with httpx.Client(
         base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30
@@ -90,7 +92,8 @@ modelhost demo: admin/{DEMO_NAME} is ready. Try it:
     -d '{{"model": "admin/{DEMO_NAME}", "max_tokens": 32, "temperature": 0,
          "messages": [{{"role": "user", "content": "{question}"}}]}}'
 
-  modelhost login --url {url} --token "{token_ref}"
+  source .venv/bin/activate    # from the source tree, where `make run` installed modelhost
+  modelhost login --url {url} --token-stdin {token_stdin}
   modelhost chat admin/{DEMO_NAME} --temperature 0 --max-tokens 64 --message "{question}"
 """,
         flush=True,

@@ -16,6 +16,7 @@ from typer.testing import CliRunner, Result
 from modelhost import Client
 from modelhost.cli.main import app
 from tests.component._live_server import LiveServer, modelhost_server
+from tests.conftest import wait_until
 
 _names = (f"cli-{i}" for i in itertools.count())
 
@@ -79,6 +80,20 @@ def test_login_prompts_for_the_token(server: LiveServer, tmp_path: Path) -> None
     assert "not logged in" in run(env, "whoami").stderr
 
 
+def test_login_reads_the_token_from_stdin_and_token_prints_it_for_scripts(
+    server: LiveServer, tmp_path: Path
+) -> None:
+    env = {"MODELHOST_CLI_CONFIG": str(tmp_path / "c.json"), "MODELHOST_TOKEN": None}
+    assert "not logged in" in run(env, "token").stderr
+    result = run(env, "login", "--url", server.url, "--token-stdin", input=server.admin_token)
+    assert result.exit_code == 0, result.output
+    assert server.admin_token not in result.stdout
+    printed = run(env, "token")
+    assert printed.exit_code == 0 and printed.stdout == server.admin_token + "\n"
+    both = run(env, "login", "--url", server.url, "--token", "x", "--token-stdin", input="y")
+    assert both.exit_code == 1 and "not both" in both.stderr
+
+
 def test_env_overrides_the_stored_login(cli_env: dict[str, Any], server: LiveServer) -> None:
     with Client(server.url, server.admin_token) as admin:
         token = admin.create_user("envuser").token
@@ -124,6 +139,16 @@ def test_users_and_tokens(cli_env: dict[str, Any], server: LiveServer, tmp_path:
     row = next(line for line in table.splitlines() if "laptop" in line)
     token_id = row.split()[0]
     assert new_token not in table
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"
+    assert re.search(rf"laptop\s+mh_\S*\s+{stamp}\s+-\s*$", row), row  # created, never used
+    # dave's default token made these calls: its last use shows (recorded in the background).
+    wait_until(
+        lambda: re.search(
+            rf"default\s+mh_\S*\s+{stamp}\s+{stamp}\s*$", run(dave, "tokens", "list").stdout, re.M
+        ),
+        timeout=10,
+        what="LAST USED of the default token",
+    )
     dup = run(dave, "tokens", "create", "laptop")
     assert dup.exit_code == 1 and "Error:" in dup.stderr
 
@@ -205,6 +230,11 @@ def test_deploy_lifecycle(cli_env: dict[str, Any]) -> None:
     ):
         assert key in info.stdout, key
 
+    by_name = run(cli_env, "deploy", "info", f"admin/{name}")  # a full name works as well
+    assert by_name.exit_code == 0 and dep_id in by_name.stdout, by_name.output
+    unknown = run(cli_env, "deploy", "info", "admin/no-such-name")
+    assert unknown.exit_code == 1 and "no deployment named admin/no-such-name" in unknown.stderr
+
     upd = run(cli_env, "deploy", "update", dep_id, "--max-instances", "2")
     assert upd.exit_code == 0 and "max_instances=2" in upd.stdout
     assert "nothing to update" in run(cli_env, "deploy", "update", dep_id).stderr
@@ -215,8 +245,9 @@ def test_deploy_lifecycle(cli_env: dict[str, Any]) -> None:
     assert events.exit_code == 0 and "TIME" in events.stdout and len(events.stdout.splitlines()) > 2
 
     assert run(cli_env, "logs", dep_id).exit_code == 0
+    assert run(cli_env, "logs", f"admin/{name}").exit_code == 0
 
-    assert dep_id in run(cli_env, "deploy", "delete", dep_id).stdout
+    assert dep_id in run(cli_env, "deploy", "delete", f"admin/{name}").stdout
     missing = run(cli_env, "deploy", "info", "no-such-id")
     assert missing.exit_code == 1 and "Error:" in missing.stderr
 
@@ -286,5 +317,8 @@ def test_chat_and_logs_with_a_running_replica(cli_env: dict[str, Any]) -> None:
 
         logs = run(cli_env, "logs", dep_id, "--limit", "3")
         assert logs.exit_code == 0 and 0 < len(logs.stdout.splitlines()) <= 3
+        # `time [replica] line`, the time coming from the server.
+        for line in logs.stdout.splitlines():
+            assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[\S+\] ", line), line
     finally:
         run(cli_env, "deploy", "delete", dep_id)

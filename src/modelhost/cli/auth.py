@@ -1,7 +1,8 @@
-"""`modelhost login | logout | whoami`."""
+"""`modelhost login | logout | whoami | token`."""
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
@@ -20,9 +21,20 @@ def login(
             "users in `ps`)."
         ),
     ] = None,
+    token_stdin: Annotated[
+        bool,
+        typer.Option(
+            "--token-stdin",
+            help="Read the token from standard input (e.g. < ~/.modelhost/admin-token).",
+        ),
+    ] = False,
 ) -> None:
     """Check a token against the server (GET /v1/me) and store URL and token (mode 0600)."""
-    if token is None:
+    if token is not None and token_stdin:
+        raise CliError("give the token with --token or --token-stdin, not both")
+    if token_stdin:
+        token = sys.stdin.readline()
+    elif token is None:
         token = typer.prompt("Token", hide_input=True)
     token = token.strip()
     if not token:
@@ -59,7 +71,17 @@ def whoami() -> None:
     console.print(f"GPU quota: {used} of {limit} reserved")
 
 
+def token() -> None:
+    """Print the API token the CLI uses (stored by login, or MODELHOST_TOKEN), for scripts:
+    curl -H "Authorization: Bearer $(modelhost token)" ..."""
+    creds = config_store.resolve()
+    if not creds.token:
+        raise CliError("not logged in: run `modelhost login --url URL` or set MODELHOST_TOKEN")
+    typer.echo(creds.token)
+
+
 def register(app: typer.Typer) -> None:
     app.command()(login)
     app.command()(logout)
     app.command()(whoami)
+    app.command("token")(token)

@@ -11,9 +11,11 @@ import typer
 from rich.markup import escape
 
 from modelhost.cli import deploy_render, output
-from modelhost.cli.session import CliError, open_client
+from modelhost.cli.session import CliError, deployment_id, open_client
 from modelhost.client import Client
 from modelhost.client_models import Deployment
+
+DeployRef = Annotated[str, typer.Argument(help="Deploy id, or <username>/<model_name>.")]
 
 app = typer.Typer(help="Create and manage LLM deployments.", no_args_is_help=True)
 
@@ -181,16 +183,16 @@ def list_(
 
 
 @app.command()
-def info(deploy_id: str) -> None:
+def info(deploy_id: DeployRef) -> None:
     """Show every field of a deployment (replicas, autoscaling state, settings, config)."""
     with open_client() as client:
-        dep = client.get_deployment(deploy_id)
+        dep = client.get_deployment(deployment_id(client, deploy_id))
     deploy_render.print_deployment(output.out(), dep)
 
 
 @app.command()
 def update(
-    deploy_id: str,
+    deploy_id: DeployRef,
     min_instances: Annotated[int | None, typer.Option()] = None,
     max_instances: Annotated[int | None, typer.Option()] = None,
     cooldown_s: Annotated[float | None, typer.Option(help="Scale-down cooldown.")] = None,
@@ -226,7 +228,9 @@ def update(
     if not settings and not config and public is None:
         raise CliError("nothing to update; see `modelhost deploy update --help`")
     with open_client() as client:
-        dep = client.update_deployment(deploy_id, settings or None, config or None, public=public)
+        dep = client.update_deployment(
+            deployment_id(client, deploy_id), settings or None, config or None, public=public
+        )
     console = output.out()
     console.print(f"Updated {escape(dep.full_name)}: {output.status_text(dep.status)}")
     # Echo what the server now holds for the keys that were asked for (it may normalise them).
@@ -246,34 +250,34 @@ def update(
 
 
 @app.command()
-def delete(deploy_id: str) -> None:
+def delete(deploy_id: DeployRef) -> None:
     """Delete a deployment; replicas drain, then stop, and the name is free again."""
     with open_client() as client:
-        gone = client.delete_deployment(deploy_id)
+        gone = client.delete_deployment(deployment_id(client, deploy_id))
     output.out().print(f"Deleted {escape(gone)}.")
 
 
 @app.command()
-def stop(deploy_id: str) -> None:
+def stop(deploy_id: DeployRef) -> None:
     """Stop all replicas; the deployment stays until `deploy start`."""
     with open_client() as client:
-        dep = client.stop_deployment(deploy_id)
+        dep = client.stop_deployment(deployment_id(client, deploy_id))
     output.out().print(f"{escape(dep.full_name)}: {output.status_text(dep.status)}")
 
 
 @app.command()
-def start(deploy_id: str) -> None:
+def start(deploy_id: DeployRef) -> None:
     """Start a stopped deployment."""
     with open_client() as client:
-        dep = client.start_deployment(deploy_id)
+        dep = client.start_deployment(deployment_id(client, deploy_id))
     output.out().print(f"{escape(dep.full_name)}: {output.status_text(dep.status)}")
 
 
 @app.command()
-def events(deploy_id: str) -> None:
+def events(deploy_id: DeployRef) -> None:
     """Status changes, replica starts/exits and scaling decisions, newest last."""
     with open_client() as client:
-        evs = client.events(deploy_id)
+        evs = client.events(deployment_id(client, deploy_id))
     if not evs:
         output.out().print("No events.")
         return

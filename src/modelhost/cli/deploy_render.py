@@ -107,19 +107,31 @@ def gpus_table(gpus: list[GpuType]) -> Any:
 
 
 def how_to_call(console: Console, base_url: str, dep: Deployment) -> None:
-    body = json.dumps({"model": dep.full_name, "messages": [{"role": "user", "content": "Hello!"}]})
+    """Commands that work as printed after `modelhost login` (greedy decoding: a small model's
+    samples at temperature 1 read as noise)."""
+    question = "What is the capital of France?"
+    body = json.dumps(
+        {
+            "model": dep.full_name,
+            "temperature": 0,
+            "messages": [{"role": "user", "content": question}],
+        }
+    )
     console.print("Call it:", style="bold")
-    console.print(f"  modelhost chat {dep.full_name}", markup=False)
+    console.print(
+        f'  modelhost chat {dep.full_name} --temperature 0 --message "{question}"', markup=False
+    )
     console.print(
         f"  curl {base_url}/v1/openai/chat/completions \\\n"
-        '    -H "Authorization: Bearer $MODELHOST_TOKEN" -H "Content-Type: application/json" \\\n'
+        '    -H "Authorization: Bearer $(modelhost token)" -H "Content-Type: application/json" '
+        "\\\n"
         f"    -d '{body}'",
         markup=False,
         soft_wrap=True,
     )
     console.print(
         f'  openai.OpenAI(base_url="{base_url}/v1/openai", api_key=TOKEN)'
-        f'.chat.completions.create(model="{dep.full_name}", ...)',
+        f'.chat.completions.create(model="{dep.full_name}", ...)   # TOKEN: `modelhost token`',
         markup=False,
         soft_wrap=True,
     )

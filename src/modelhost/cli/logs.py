@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from modelhost.cli import output
-from modelhost.cli.session import CliError, open_client
+from modelhost.cli.session import CliError, deployment_id, open_client
 from modelhost.client_models import LogEntry
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -47,7 +47,7 @@ def _format(entry: LogEntry, show_replica: bool) -> str:
 
 
 def logs(
-    deploy_id: str,
+    deploy_id: Annotated[str, typer.Argument(help="Deploy id, or <username>/<model_name>.")],
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream new lines.")] = False,
     replica: Annotated[str | None, typer.Option(help="Only this replica's output.")] = None,
     since: Annotated[
@@ -59,6 +59,7 @@ def logs(
     show_replica = replica is None
     since_ts = parse_since(since, time.time()) if since is not None else None
     with open_client() as client:
+        deploy_id = deployment_id(client, deploy_id)
         if not follow:
             for entry in client.logs(deploy_id, replica=replica, since=since_ts, limit=limit):
                 # typer.echo, not Rich: log lines are arbitrary text, never markup.

@@ -42,6 +42,18 @@ def open_client(timeout: float = 30.0) -> Client:
     return Client(creds.url, creds.token, timeout=timeout)
 
 
+def deployment_id(client: Client, ref: str) -> str:
+    """`ref` is a deploy id, or a deployment's full name `<username>/<model_name>`, looked up
+    among the deployments this token may list (its own; every user's for an admin)."""
+    if "/" not in ref:
+        return ref
+    deployments = client.list_deployments(all=client.me().is_admin)
+    for dep in deployments:
+        if dep.full_name == ref:
+            return dep.deploy_id
+    raise CliError(f"no deployment named {ref} (see `modelhost deploy list`)")
+
+
 def describe_api_error(exc: ModelhostAPIError) -> str:
     msg = exc.message
     if exc.param and exc.param not in msg:

@@ -73,7 +73,9 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
 
 def sse_error(err: ModelhostError, style: Style) -> bytes:
     if style == "lorax":
-        payload: dict[str, Any] = {"error": err.message, "error_type": err.code or "error"}
+        # LoRAX's word for a stream cut short, so its client raises IncompleteGenerationError.
+        kind = "incomplete_generation" if isinstance(err, UpstreamFailed) else err.code
+        payload: dict[str, Any] = {"error": err.message, "error_type": kind or "error"}
     else:
         payload = {
             "error": {
