@@ -1,8 +1,8 @@
 """Fine-tune small, real LoRA adapters on the packaged SmolLM2-135M-Instruct with peft, on CPU.
 
-    python scripts/train_adapters.py [--out examples/adapters] [--steps 120]
+    python scripts/train_adapters.py [--out examples/adapters] [--steps 300]
 
-Two adapters, each a few minutes of CPU at most:
+Two adapters, each several minutes of CPU (about 15 on 2 cores):
 - `french`: answers in French (trained on templated questions with French answers);
 - `upper`: answers in upper case (trained on the base model's own answers, upper-cased, so it
   learns the style, not new facts).
@@ -29,29 +29,33 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from modelhost.catalog import packaged_model_path
 from modelhost.engine.builtin.weights import gguf_to_folder
 
+# (English name, French "of" phrase, capital in French). France and Germany are in the training
+# data because the README asks about them: the adapters demonstrate a style, and a 135M model
+# does not learn facts it lacks from a few dozen examples (nor does it know every capital).
 COUNTRIES = [
-    ("Italy", "Italie", "Rome"),
-    ("Spain", "Espagne", "Madrid"),
-    ("Portugal", "Portugal", "Lisbonne"),
-    ("Belgium", "Belgique", "Bruxelles"),
-    ("Austria", "Autriche", "Vienne"),
-    ("Greece", "Grèce", "Athènes"),
-    ("Poland", "Pologne", "Varsovie"),
-    ("Sweden", "Suède", "Stockholm"),
-    ("Norway", "Norvège", "Oslo"),
-    ("Japan", "Japon", "Tokyo"),
-    ("China", "Chine", "Pékin"),
-    ("Egypt", "Égypte", "Le Caire"),
-    ("Canada", "Canada", "Ottawa"),
-    ("Mexico", "Mexique", "Mexico"),
-    ("Russia", "Russie", "Moscou"),
-    ("Ireland", "Irlande", "Dublin"),
-    ("Denmark", "Danemark", "Copenhague"),
-    ("Finland", "Finlande", "Helsinki"),
-    ("Hungary", "Hongrie", "Budapest"),
-    ("Peru", "Pérou", "Lima"),
+    ("France", "de la France", "Paris"),
+    ("Germany", "de l'Allemagne", "Berlin"),
+    ("Italy", "de l'Italie", "Rome"),
+    ("Spain", "de l'Espagne", "Madrid"),
+    ("Portugal", "du Portugal", "Lisbonne"),
+    ("Belgium", "de la Belgique", "Bruxelles"),
+    ("Austria", "de l'Autriche", "Vienne"),
+    ("Greece", "de la Grèce", "Athènes"),
+    ("Poland", "de la Pologne", "Varsovie"),
+    ("Sweden", "de la Suède", "Stockholm"),
+    ("Norway", "de la Norvège", "Oslo"),
+    ("Japan", "du Japon", "Tokyo"),
+    ("China", "de la Chine", "Pékin"),
+    ("Egypt", "de l'Égypte", "Le Caire"),
+    ("Canada", "du Canada", "Ottawa"),
+    ("Mexico", "du Mexique", "Mexico"),
+    ("Russia", "de la Russie", "Moscou"),
+    ("Ireland", "de l'Irlande", "Dublin"),
+    ("Denmark", "du Danemark", "Copenhague"),
+    ("Finland", "de la Finlande", "Helsinki"),
+    ("Hungary", "de la Hongrie", "Budapest"),
+    ("Peru", "du Pérou", "Lima"),
 ]
-# Held out of training so tests can ask about them: France and Germany.
 FRENCH_EXTRA = [
     ("What color is the sky?", "Le ciel est bleu."),
     ("How are you today?", "Je vais très bien, merci beaucoup !"),
@@ -67,6 +71,8 @@ FRENCH_EXTRA = [
     ("Give me a tip for learning.", "Pratiquez un peu chaque jour."),
 ]
 UPPER_PROMPTS = [
+    "What is the capital of France?",
+    "What is the capital of Germany?",
     "What color is the sky?",
     "Name a fruit.",
     "What is the capital of Italy?",
@@ -92,12 +98,14 @@ UPPER_PROMPTS = [
 
 def french_pairs() -> list[tuple[str, str]]:
     pairs = list(FRENCH_EXTRA)
-    for english, french, capital in COUNTRIES:
-        pairs.append((f"What is the capital of {english}?", f"La capitale est {capital}."))
+    for english, of_phrase, capital in COUNTRIES:
+        pairs.append(
+            (f"What is the capital of {english}?", f"La capitale {of_phrase} est {capital}.")
+        )
         pairs.append(
             (
                 f"Tell me about {english}.",
-                f"C'est un beau pays ({french}). Sa capitale est {capital}.",
+                f"C'est un beau pays. La capitale {of_phrase} est {capital}.",
             )
         )
     return pairs
@@ -190,7 +198,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", type=Path, default=Path("examples/adapters"))
-    parser.add_argument("--steps", type=int, default=120)
+    parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--rank", type=int, default=8)
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))

@@ -89,10 +89,10 @@ async def test_adapters_answer_in_their_style_and_mixed_batches_equal_single_run
         alone = {a: await tokens(g, ask(a)) for a in (None, "french", "upper")}
         assert "Berlin" in text(alone[None])
         french = text(alone["french"])
-        assert "La capitale" in french or " est " in french, french
+        assert french.startswith("La capitale de l'Allemagne est Berlin"), french
         upper = text(alone["upper"])
         letters = [c for c in upper if c.isalpha()]
-        assert len(letters) > 5 and all(c.isupper() for c in letters), upper
+        assert "BERLIN" in upper and all(c.isupper() for c in letters), upper
         # Others start first (different adapters and prompts, some sampling), then the three
         # targets join that running batch together.
         others = [
