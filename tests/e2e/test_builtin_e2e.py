@@ -4,9 +4,6 @@ for an over-long prompt, and cancellation when the client goes away."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import openai
 import pytest
 
@@ -18,7 +15,6 @@ from tests.conftest import (
     stream_then_hang_up,
     wait_until,
 )
-from tests.e2e.test_serve_lifecycle import wait_status
 
 pytestmark = [
     pytest.mark.e2e,
@@ -29,23 +25,8 @@ MODEL = "admin/smol"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
-    data: Path = tmp_path_factory.mktemp("builtin") / "data"
-    serve = ServeProcess(data, ["--cpu-slots", "1"])
-    try:
-        body = {
-            "model_name": "smol",
-            "gpu": "CPU",
-            "base_model": "smollm2-135m-instruct",
-            "max_batch_size": 8,
-            "engine_args": ["--context-length", "512"],
-        }
-        r = serve.client.post("/deploy/llm", json=body)
-        assert r.status_code == 201, r.text
-        wait_status(serve, r.json()["deploy_id"], "ready", timeout=300)
-        yield serve
-    finally:
-        serve.stop()
+def server(smol_server: ServeProcess) -> ServeProcess:
+    return smol_server  # tests/e2e/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,6 @@ strict pydantic models; errors come back as its own exceptions."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import httpx
 import openai
 import pytest
@@ -18,8 +15,6 @@ from lorax.errors import NotFoundError, ValidationError, parse_error
 
 from modelhost.catalog import packaged_model_path
 from tests.conftest import ADMIN_TOKEN, ServeProcess, auth
-from tests.e2e.test_lora_e2e import register
-from tests.e2e.test_serve_lifecycle import wait_status
 
 pytestmark = [
     pytest.mark.e2e,
@@ -31,25 +26,8 @@ HEADERS = auth(ADMIN_TOKEN)
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
-    data: Path = tmp_path_factory.mktemp("lorax") / "data"
-    serve = ServeProcess(data, ["--cpu-slots", "1"])
-    try:
-        body = {
-            "model_name": "smol",
-            "gpu": "CPU",
-            "base_model": "smollm2-135m-instruct",
-            "engine": "builtin",
-            "max_batch_size": 4,
-            "engine_args": ["--context-length", "256"],
-        }
-        r = serve.client.post("/deploy/llm", json=body)
-        assert r.status_code == 201, r.text
-        register(serve, "upper", "smol")
-        wait_status(serve, r.json()["deploy_id"], "ready", timeout=300)
-        yield serve
-    finally:
-        serve.stop()
+def server(smol_server: ServeProcess) -> ServeProcess:
+    return smol_server  # tests/e2e/conftest.py
 
 
 @pytest.fixture(scope="module")
