@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -119,7 +120,12 @@ class ServeProcess:
         except httpx.HTTPError:
             return False
 
-    def stop(self, sig: int = 15, timeout: float = 30.0) -> int:
+    def stop(self, sig: int = 15, timeout: float = 30.0, check_in_flight: bool = True) -> int:
+        """Stop the server; first (unless told not to) check that the gateway and the engines
+        agree on what is in flight, the invariant a leaked replica slot breaks."""
+        mismatch = None
+        if check_in_flight and self.proc.poll() is None:
+            mismatch = in_flight_mismatch(self)
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, sig)
             try:
@@ -129,6 +135,7 @@ class ServeProcess:
                 self.proc.wait(5)
         self.client.close()
         self._log.close()
+        assert mismatch is None, mismatch
         return int(self.proc.returncode)
 
 
@@ -153,7 +160,67 @@ def stream_then_hang_up(server: ServeProcess, body: dict[str, object]) -> None:
 
 def gateway_in_flight(server: ServeProcess, deploy_id: str = "") -> float:
     """The gateway's in-flight gauge for a deployment (any deployment when not given)."""
-    for line in httpx.get(server.url + "/metrics").text.splitlines():
-        if line.startswith("modelhost_in_flight{") and deploy_id in line:
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+    return next((n for dep, n in gateway_loads(server).items() if deploy_id in dep), 0.0)
+
+
+def gateway_gauge(server: ServeProcess, name: str) -> dict[str, float]:
+    """One of the gateway's per-deployment gauges (`modelhost_in_flight`, `modelhost_queued`,
+    `modelhost_held_cold`) by deployment id."""
+    text = httpx.get(server.url + "/metrics", headers=auth(ADMIN_TOKEN), timeout=10).text
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith(name + '{deployment="'):
+            labels, value = line.rsplit(" ", 1)
+            out[labels.split('"')[1]] = float(value)
+    return out
+
+
+def gateway_loads(server: ServeProcess) -> dict[str, float]:
+    """The gateway's `modelhost_in_flight` per deployment id."""
+    return gateway_gauge(server, "modelhost_in_flight")
+
+
+def engine_loads(server: ServeProcess) -> dict[str, float]:
+    """running + waiting per deployment id, from the `/stats` of every replica the server's
+    database lists as not exited; a replica that does not answer (exited) counts 0."""
+    db_path = server.data_dir / "modelhost.db"
+    db = sqlite3.connect(db_path)
+    try:
+        rows = db.execute(
+            "SELECT deploy_id, port FROM replicas WHERE exited_at IS NULL AND port IS NOT NULL"
+        ).fetchall()
+    finally:
+        db.close()
+    out: dict[str, float] = {}
+    for deploy_id, port in rows:
+        try:
+            stats = httpx.get(f"http://127.0.0.1:{port}/stats", timeout=2).json()
+            load = float(stats["running"]) + float(stats["waiting"])
+        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+            load = 0.0
+        out[deploy_id] = out.get(deploy_id, 0.0) + load
+    return out
+
+
+def in_flight_mismatch(server: ServeProcess, timeout: float = 15.0) -> str | None:
+    """None once, for every deployment, the gateway's in-flight count equals the engines'
+    running + waiting (waiting, bounded, for requests that are just ending); else what
+    differs."""
+    if not (server.data_dir / "modelhost.db").exists():
+        return None
+    last: tuple[dict[str, float], dict[str, float]] = ({}, {})
+
+    def agree() -> bool:
+        nonlocal last
+        gateway, engines = gateway_loads(server), engine_loads(server)
+        last = gateway, engines
+        return all(gateway.get(d, 0.0) == engines.get(d, 0.0) for d in {*gateway, *engines})
+
+    try:
+        wait_until(agree, timeout=timeout, interval=0.2, what="in-flight counts to agree")
+    except AssertionError:
+        gateway, engines = last
+        return f"gateway in flight {gateway} != engines' running + waiting {engines}"
+    except httpx.HTTPError as exc:
+        return f"could not read the in-flight counts: {exc!r}"
+    return None

@@ -48,7 +48,7 @@ class AutoscaleGlue:
     # ---- DeploymentSource -------------------------------------------------------------------
     def autoscaled_deployments(self) -> Sequence[AutoscaledDeployment]:
         observed = self._observed()
-        free = self.services.inventory.free(observed)
+        pending = self.reconciler.last_pending
         out: list[AutoscaledDeployment] = []
         with self.services.db.session() as s:
             deps = [
@@ -60,18 +60,20 @@ class AutoscaleGlue:
                 reps = [o for o in observed if o.deploy_id == d.id]
                 live = [o for o in reps if o.state in (ReplicaState.STARTING, ReplicaState.READY)]
                 ready = [o for o in live if o.state == ReplicaState.READY]
-                gpu, num = d.config["gpu"], int(d.config["num_gpus"])
-                need = 1 if gpu == CPU else num
-                placeable = len(live) + len(free.get(gpu, [])) // need
-                limit = "capacity"
-                quota_max = self._quota_max(s, d, num)
-                if quota_max is not None and quota_max < placeable:
-                    placeable, limit = quota_max, "quota"
+                # Free capacity does not bound the count: replicas that don't fit are pending
+                # (instances.pending, with the reason), so a deployment that wants replicas it
+                # can't place never looks like one that wants none.
+                settings = validate_settings(d.settings, None)
+                quota_max = self._quota_max(s, d, int(d.config["num_gpus"]))
+                placeable = settings.max_instances if quota_max is None else quota_max
+                # What the reconciler could not place, of what it has not started yet (a replica
+                # it started since then is starting, and must not be taken for pending).
+                unplaced = min(pending.get(d.id, 0), max(0, d.desired_replicas - len(live)))
                 pool_signals = self._gw(d.id)
                 out.append(
                     AutoscaledDeployment(
                         deploy_id=d.id,
-                        settings=validate_settings(d.settings, None),
+                        settings=settings,
                         max_batch_size=int(d.config["max_batch_size"]),
                         # A replica the store wants but that has not started yet counts: the
                         # policy must not cancel a start it has not seen happen.
@@ -79,7 +81,8 @@ class AutoscaleGlue:
                         ready_replicas=len(ready),
                         placeable_max=placeable,
                         last_request_at=pool_signals.last_request_at,
-                        placeable_limit=limit,
+                        placeable_limit="quota",
+                        unplaced=unplaced,
                     )
                 )
         return out

@@ -83,8 +83,17 @@ class Deployment(_Obj):
     settings: dict[str, Any] = Field(default_factory=dict)
 
     @property
+    def pending_reason(self) -> str | None:
+        """Why wanted replicas cannot be placed now (no GPU or CPU slot free, over the user's
+        CPU share), from `autoscaling.pending_reason`; None when nothing waits for capacity."""
+        autoscaling = (self.model_extra or {}).get("autoscaling")
+        reason = autoscaling.get("pending_reason") if isinstance(autoscaling, dict) else None
+        return str(reason) if reason else None
+
+    @property
     def settled(self) -> bool:
-        """False while the deployment is pending, initializing or updating."""
+        """False while the deployment is pending (waiting for capacity included: a replica
+        starts by itself once a device frees), initializing or updating."""
         return self.status not in UNSETTLED_STATUSES
 
     @property

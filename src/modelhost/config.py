@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     gpus: str = ""
     # How many CPU replicas may run at once (the `CPU` type is always offered).
     cpu_slots: int = 4
+    # CPU slots one (non-admin) user's replicas may hold at once, so one tenant cannot take them
+    # all; None: half of cpu_slots, rounded up (domain/fair_share.py).
+    cpu_slots_per_user: int | None = Field(default=None, ge=0)
     # Skip nvidia-smi discovery (tests, or machines whose GPUs modelhost must not touch).
     discover_gpus: bool = True
     admin_token: SecretStr | None = None
@@ -63,7 +66,8 @@ class Settings(BaseSettings):
     queue_min: int = 64
     # A request for a deployment with no ready replica waits this long for one.
     cold_start_timeout_s: float = 300.0
-    max_body_bytes: int = 4 * 1024 * 1024
+    # The largest request body any route reads (413 `payload_too_large` beyond it).
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1)
     # Replicas.
     drain_timeout_s: float = 30.0
     health_probe_interval_s: float = 1.0
@@ -73,6 +77,18 @@ class Settings(BaseSettings):
     restart_backoff_base_s: float = 1.0
     restart_backoff_max_s: float = 60.0
     shutdown_grace_s: float = 20.0
+
+    # Security.
+    # Failed authentications per client address before it is throttled (429), and the seconds
+    # after which one more failure is allowed; 0 turns the throttle off.
+    auth_failures_burst: int = Field(default=10, ge=0)
+    auth_failure_refill_s: float = Field(default=6.0, gt=0)
+    # `local` weights and adapter sources are for admins; set a folder to let every user name
+    # paths inside it (never inside the data dir).
+    local_sources_root: Path | None = None
+    # GET /metrics needs an admin token unless this is set (for a Prometheus scraper on a
+    # private network that sends no token).
+    metrics_public: bool = False
 
     # `make run`: create (once) and wait for a demo deployment of the packaged model.
     demo: bool = False
@@ -86,6 +102,16 @@ class Settings(BaseSettings):
     @classmethod
     def _expand(cls, v: Any) -> Any:
         return Path(os.path.expanduser(str(v))) if v is not None else v
+
+    @field_validator("local_sources_root", mode="before")
+    @classmethod
+    def _root(cls, v: Any) -> Any:
+        if v is None or str(v) == "":
+            return None
+        path = Path(os.path.expanduser(str(v)))
+        if not path.is_absolute():
+            raise ValueError("local_sources_root must be an absolute path")
+        return path
 
     @classmethod
     def settings_customise_sources(

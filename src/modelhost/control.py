@@ -71,6 +71,7 @@ class ControlLoops:
                 backoff_max_s=s.restart_backoff_max_s,
                 max_start_failures=s.max_start_failures,
             ),
+            cpu_slots_per_user=s.cpu_slots_per_user,
         )
 
     async def start(self) -> None:

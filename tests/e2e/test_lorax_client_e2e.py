@@ -14,7 +14,7 @@ from lorax import AsyncClient, Client
 from lorax.errors import NotFoundError, ValidationError, parse_error
 
 from modelhost.catalog import packaged_model_path
-from tests.conftest import ADMIN_TOKEN, ServeProcess, auth
+from tests.conftest import ADMIN_TOKEN, ServeProcess, auth, wait_until
 
 pytestmark = [
     pytest.mark.e2e,
@@ -146,7 +146,17 @@ def test_info_and_health(server: ServeProcess, base: str) -> None:
     assert r.status_code == 201, r.text
     idle = httpx.get(f"{server.url}/deployments/admin/idle/health", headers=HEADERS)
     assert idle.status_code == 503 and idle.headers["retry-after"]
-    assert idle.json()["error_type"] == "no_ready_replica"
+    # Before the reconciler's next pass it is only "not ready"; once it has tried to place the
+    # replica, it says why none can start.
+    assert idle.json()["error_type"] in ("no_ready_replica", "no_capacity")
+    dep_url = f"/deploy/{r.json()['deploy_id']}"
+    wait_until(
+        lambda: server.client.get(dep_url).json()["autoscaling"]["pending_reason"],
+        timeout=30,
+        what="the pending reason",
+    )
+    idle = httpx.get(f"{server.url}/deployments/admin/idle/health", headers=HEADERS)
+    assert idle.status_code == 503 and idle.json()["error_type"] == "no_capacity", idle.text
     assert server.client.post(f"/deploy/{r.json()['deploy_id']}/stop").status_code == 200
     stopped = httpx.get(f"{server.url}/deployments/admin/idle/health", headers=HEADERS)
     assert stopped.status_code == 503 and stopped.json()["error_type"] == "deployment_stopped"

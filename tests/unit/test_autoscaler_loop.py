@@ -163,3 +163,26 @@ def test_forget_drops_state() -> None:
     scaler.run_once(2.0)
     scaler.forget("a")
     assert scaler.run_once(4.0)[0].previous_desired is None
+
+
+def test_a_replica_the_activator_started_is_not_cancelled_when_its_callers_leave() -> None:
+    # Issue 9 probe: at zero the loop decided 0; a request made the activator want 1 replica
+    # (the store's desired count, which the deployment source reports as current); the caller
+    # disconnected before the next tick. The start must survive until the replica is ready.
+    scaler, deployments, _signals, target = make()
+    deployments.items = [deployment("a", current_replicas=0, ready_replicas=0)]
+    assert scaler.run_once(2.0)[0].decision.desired == 0
+    deployments.items = [deployment("a", current_replicas=1, ready_replicas=0)]
+    decision = scaler.run_once(4.0)[0].decision
+    assert decision.desired == 1
+    assert "still starting" in decision.reason
+    assert [call[1] for call in target.calls] == [0, 1]
+
+
+def test_passes_unplaced_replicas_through() -> None:
+    scaler, deployments, _signals, _target = make()
+    deployments.items = [deployment("a", current_replicas=0, ready_replicas=0)]
+    scaler.run_once(2.0)
+    deployments.items = [deployment("a", current_replicas=1, ready_replicas=0, unplaced=1)]
+    decision = scaler.run_once(4.0)[0].decision
+    assert decision.desired == 0

@@ -49,6 +49,7 @@ def ctx(
     placeable: int = 64,
     limit: str = "capacity",
     last_request_at: float | None = 0.0,
+    unplaced: int = 0,
 ) -> ScalingContext:
     return ScalingContext(
         now=now,
@@ -60,6 +61,7 @@ def ctx(
         placeable_max=placeable,
         last_request_at=last_request_at,
         placeable_limit=limit,
+        unplaced=unplaced,
     )
 
 
@@ -515,3 +517,129 @@ def test_decide_is_pure() -> None:
     second = decide(context, state)
     assert first == second
     assert state == PolicyState(samples=((0.0, 5.0),), last_desired=1)
+
+
+# --- Scale to zero is an idleness rule (docs/autoscaling.md, "Scale to zero") -----------------
+
+
+@pytest.mark.parametrize(
+    ("idle_to_zero_s", "stable_window_s", "cooldown_s", "load"),
+    [
+        # The probe's case: idle_to_zero_s 5 went to zero only after the 20 s stable window.
+        (5.0, 20.0, 1.0, 5),
+        (5.0, 60.0, 1.0, 5),
+        # Several replicas with no request for the idle period go at once, not a step a tick.
+        (5.0, 60.0, 1.0, 40),
+        (30.0, 20.0, 1.0, 5),
+        (120.0, 60.0, 60.0, 5),
+    ],
+)
+def test_scale_to_zero_after_idle_to_zero_s_whatever_the_stable_window(
+    idle_to_zero_s: float, stable_window_s: float, cooldown_s: float, load: int
+) -> None:
+    settings = replace(
+        SETTINGS,
+        min_instances=0,
+        idle_to_zero_s=idle_to_zero_s,
+        stable_window_s=stable_window_s,
+        panic_window_s=min(6.0, stable_window_s),
+        cooldown_s=cooldown_s,
+    )
+    driver = Driver(settings=settings)
+    driver.run([load] * 60)  # the last request arrives at t=120
+    last = driver.now
+    before_zero = driver.replicas
+    desired = driver.run([0] * 100)
+    times = [last + 2.0 * (i + 1) for i in range(100)]
+    zero_at = next(t for t, d in zip(times, desired, strict=True) if d == 0)
+    # The first decision (every 2 s) at or after idle_to_zero_s of idleness.
+    assert idle_to_zero_s <= zero_at - last < idle_to_zero_s + 2.0
+    assert min(d for t, d in zip(times, desired, strict=True) if t < zero_at) >= 1
+    if load == 40:
+        assert before_zero > 1 and desired[times.index(zero_at) - 1] == before_zero
+
+
+# --- Replicas the policy did not order, and replicas that could not be placed -----------------
+
+
+@pytest.mark.parametrize(
+    ("case", "state", "current", "ready", "unplaced", "held", "expected", "note"),
+    [
+        # Issue 9 probe: the activator asked for a replica at zero (the policy had decided 0
+        # before), the callers left; the start must not be cancelled while it loads.
+        (
+            "activator's replica still starting",
+            replace(LONG_AGO, last_desired=0),
+            1,
+            0,
+            0,
+            0,
+            1,
+            "scale-down to 0 held: 1 replica still starting",
+        ),
+        # ...and once ready it gets its whole idle period, as any first replica.
+        (
+            "activator's replica just ready",
+            replace(LONG_AGO, last_desired=0),
+            1,
+            1,
+            0,
+            0,
+            1,
+            "idle 0s of 60s before zero",
+        ),
+        # A replica the orchestrator could not place is not starting: nobody waits for it, so
+        # the deployment goes back to standby at once (its requests are refused, not held).
+        (
+            "wanted, never placed, nobody waiting",
+            replace(LONG_AGO, last_desired=1),
+            1,
+            0,
+            1,
+            0,
+            0,
+            "1 replica that could not be placed no longer wanted",
+        ),
+        ("activator's replica never placed", replace(LONG_AGO, last_desired=0), 1, 0, 1, 0, 0, ""),
+        # A request still held for it keeps it wanted.
+        ("never placed, a request held", replace(LONG_AGO, last_desired=1), 1, 0, 1, 1, 1, ""),
+    ],
+)
+def test_replicas_the_policy_did_not_order(
+    case: str,
+    state: PolicyState,
+    current: int,
+    ready: int,
+    unplaced: int,
+    held: int,
+    expected: int,
+    note: str,
+) -> None:
+    context = ctx(
+        0.0,
+        0,
+        current=current,
+        ready=ready,
+        settings=ZERO,
+        held=held,
+        last_request_at=None,
+        unplaced=unplaced,
+    )
+    decision, _ = decide(context, state)
+    assert decision.desired == expected, (case, decision.reason)
+    assert note in decision.reason, (case, decision.reason)
+
+
+def test_unplaced_replicas_go_at_once_within_cooldown_and_down_to_the_floor_only() -> None:
+    # A burst wanted 4 replicas, 2 could not be placed; the burst is over: the 2 unplaced go
+    # now (no cooldown, no steps), the 2 running ones stay for the normal rules.
+    state = PolicyState(last_desired=4, last_scale_up_at=0.0, first_seen_at=0.0)
+    decision, _ = decide(ctx(2.0, 0, current=4, ready=2, unplaced=2), state)
+    assert decision.desired == 2
+    # min_instances wants them whatever the capacity: they stay wanted (pending).
+    floor = replace(SETTINGS, min_instances=2)
+    decision, _ = decide(
+        ctx(2.0, 0, current=2, ready=0, unplaced=2, settings=floor),
+        replace(LONG_AGO, last_desired=2),
+    )
+    assert decision.desired == 2

@@ -349,3 +349,16 @@ def test_a_dropped_stream_is_an_error_not_a_short_answer() -> None:
             got.append(delta.content)
     assert got == ["par"]
     assert str(info.value).startswith("connection to modelhost at http://mh.test failed")
+
+
+def test_a_deployment_waiting_for_capacity_says_why() -> None:
+    from modelhost.client_models import Deployment
+
+    base = {"deploy_id": "d1", "model_name": "bob/m", "status": "pending"}
+    starting = Deployment.model_validate(base)
+    assert not starting.settled and starting.pending_reason is None
+    waiting = Deployment.model_validate(
+        {**base, "autoscaling": {"pending_reason": "no CPU slot free (2 of 2 in use)"}}
+    )
+    # Still unsettled: the replica starts by itself once a slot frees.
+    assert not waiting.settled and waiting.pending_reason == "no CPU slot free (2 of 2 in use)"

@@ -424,3 +424,122 @@ def test_crash_after_serving_long_restarts_the_backoff() -> None:
         fail_reason="oom",
     )
     assert start.after_failure(crash, POLICY).failures == 1
+
+
+# --- Capacity that cannot be had: deployments at zero, and the per-user CPU share -------------
+
+ONE_A100 = Inventory.build([], "A100-80GB:1", cpu_slots=2)
+
+
+def user_dep(deploy_id: str, n: int, owner: str, limit: int | None = 1) -> DesiredDeployment:
+    return DesiredDeployment(deploy_id, 1, n, launch(), owner=owner, cpu_slot_limit=limit)
+
+
+BLOCKED_CASES: list[tuple[str, list[DesiredDeployment], list[ReplicaObservation], list[str]]] = [
+    (
+        "issue 9 item 5: min 2 behind a deployment holding the only A100",
+        [dep("a", 1, gpu="A100-80GB"), dep("b", 2, gpu="A100-80GB")],
+        [obs("r1", "a", R, ("A100-80GB#0",))],
+        ["b 2 2 of 2 replicas pending: only 0 free A100-80GB GPUs"],
+    ),
+    (
+        "at zero, its first replica would not fit: reported, none pending",
+        [dep("a", 1, gpu="A100-80GB"), dep("z", 0, gpu="A100-80GB")],
+        [obs("r1", "a", R, ("A100-80GB#0",))],
+        ["z 0 no replica can start now: only 0 free A100-80GB GPUs"],
+    ),
+    (
+        "at zero with room for its first replica: nothing reported",
+        [dep("z", 0, gpu="A100-80GB")],
+        [],
+        [],
+    ),
+    (
+        "at zero, the device is taken by another deployment's start in this very pass",
+        [dep("a", 1, gpu="A100-80GB"), dep("0z", 0, gpu="A100-80GB")],
+        [],
+        ["0z 0 no replica can start now: only 0 free A100-80GB GPUs"],
+    ),
+    (
+        "at zero, a replica still on its way out: no report (it is not blocked, it is leaving)",
+        [dep("z", 0, gpu="A100-80GB")],
+        [obs("r1", "z", R, ("A100-80GB#0",))],
+        [],
+    ),
+    (
+        "at zero on CPU, no slot free",
+        [dep("c", 2), dep("z", 0)],
+        [],
+        ["z 0 no replica can start now: only 0 free CPU slots"],
+    ),
+    (
+        "issue 9 item 10: alice's second deployment waits for her share, bob's starts",
+        [user_dep("a1", 1, "alice"), user_dep("a2", 1, "alice"), user_dep("b1", 1, "bob")],
+        [],
+        ["a2 1 1 of 1 replicas pending: alice already holds 1 CPU slot, the limit per user"],
+    ),
+    (
+        "the share counts replicas already running, draining ones included",
+        [user_dep("a1", 1, "alice"), user_dep("a2", 1, "alice")],
+        [obs("r1", "a1", D, ("cpu#0",))],
+        [
+            "a1 1 1 of 1 replicas pending: alice already holds 1 CPU slot, the limit per user",
+            "a2 1 1 of 1 replicas pending: alice already holds 1 CPU slot, the limit per user",
+        ],
+    ),
+    (
+        "at zero, the owner's share is in use: a request could not start one either",
+        [user_dep("a1", 1, "alice"), user_dep("a2", 0, "alice")],
+        [obs("r1", "a1", R, ("cpu#0",))],
+        ["a2 0 no replica can start now: alice already holds 1 CPU slot, the limit per user"],
+    ),
+    (
+        "no limit (an admin's deployments) takes what is free",
+        [user_dep("a1", 2, "root", None), user_dep("a2", 1, "root", None)],
+        [],
+        ["a2 1 1 of 1 replicas pending: only 0 free CPU slots"],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "desired", "observed", "expected"),
+    BLOCKED_CASES,
+    ids=[c[0] for c in BLOCKED_CASES],
+)
+def test_capacity_that_cannot_be_had_is_reported(
+    name: str,
+    desired: list[DesiredDeployment],
+    observed: list[ReplicaObservation],
+    expected: list[str],
+) -> None:
+    actions = run(desired, observed, inv=ONE_A100)
+    pending = [
+        f"{a.deploy_id} {a.pending} {a.reason}" for a in actions if isinstance(a, ReportPending)
+    ]
+    assert pending == expected
+
+
+def test_cpu_share_limits_starts_across_an_owners_deployments() -> None:
+    actions = run(
+        [user_dep("a1", 2, "alice", 2), user_dep("a2", 2, "alice", 2), user_dep("b1", 1, "bob", 2)],
+        [],
+    )
+    starts = [a.deploy_id for a in actions if isinstance(a, StartReplica)]
+    assert starts == ["a1", "a1", "b1"]
+
+
+def test_rolling_replacement_within_the_cpu_share_drains_the_old_replica_for_room() -> None:
+    # alice's only slot is held by the old generation: the new one waits, and the old one is
+    # drained to make room (one at a time), as when devices are short.
+    actions = run(
+        [DesiredDeployment("a1", 2, 1, launch(), owner="alice", cpu_slot_limit=1)],
+        [obs("o1", "a1", R, ("cpu#0",))],
+    )
+    assert summary(actions) == [("pending", "a1", "1"), ("drain", "o1")]
+
+
+def test_a_zero_deployment_that_is_errored_is_not_reported() -> None:
+    failed = FailureHistory(start_failures=3, failures=3, last_failure_at=0.0)
+    actions = run([dep("a", 1), dep("z", 0)], [], failures={"z": failed}, inv=ONE_A100)
+    assert not [a for a in actions if isinstance(a, ReportPending) and a.deploy_id == "z"]

@@ -14,15 +14,23 @@ from modelhost.domain.status import (
     ReplicaCounts,
     StatusInputs,
     derive_status,
+    refuses_for_capacity,
 )
 
 
-def rc(ready: int = 0, starting: int = 0, ready_current: int | None = None, ever: bool = True):  # type: ignore[no-untyped-def]
+def rc(  # type: ignore[no-untyped-def]
+    ready: int = 0,
+    starting: int = 0,
+    ready_current: int | None = None,
+    ever: bool = True,
+    pending: int = 0,
+):
     return ReplicaCounts(
         ready=ready,
         starting=starting,
         ready_current=ready if ready_current is None else ready_current,
         ever_started=ever,
+        pending=pending,
     )
 
 
@@ -57,6 +65,13 @@ CASES = [
         S.UPDATING,
     ),
     ("rolling done", D.RUNNING, 1, rc(1, 0, ready_current=1), None, S.READY),
+    # Issue 9 item 5: wanted replicas that cannot be placed are pending, never standby, and not
+    # "initializing" either (nothing is starting), even if the deployment once ran.
+    ("no capacity, never ran", D.RUNNING, 2, rc(ever=False, pending=2), None, S.PENDING),
+    ("no capacity, ran before", D.RUNNING, 2, rc(pending=2), None, S.PENDING),
+    ("one serves, one pending", D.RUNNING, 2, rc(ready=1, pending=1), None, S.READY),
+    ("one starts, one pending", D.RUNNING, 2, rc(starting=1, pending=1), None, S.INITIALIZING),
+    ("stopped while pending", D.STOPPED, 2, rc(pending=2), None, S.STOPPED),
 ]
 
 
@@ -69,3 +84,22 @@ def test_derive_status(
     desired: D, n: int, counts: ReplicaCounts, err: str | None, expected: S
 ) -> None:
     assert derive_status(StatusInputs(desired, n, counts, err)) is expected
+
+
+@pytest.mark.parametrize(
+    ("status", "pending_reason", "refused"),
+    [
+        # Nothing serves or starts and the orchestrator said none can be placed: refuse now.
+        (S.PENDING, "2 of 2 replicas pending: only 0 free A100-80GB GPUs", True),
+        (S.STANDBY, "no replica can start now: only 0 free CPU slots", True),
+        # Scaled to zero with room for a first replica, or just created: hold for a cold start.
+        (S.STANDBY, None, False),
+        (S.PENDING, None, False),
+        # A replica serves or starts: the request is served or held, whatever else is pending.
+        (S.READY, "1 of 2 replicas pending: only 0 free A100-80GB GPUs", False),
+        (S.INITIALIZING, "1 of 2 replicas pending: only 0 free A100-80GB GPUs", False),
+        (S.UPDATING, "1 of 1 replicas pending: only 0 free A100-80GB GPUs", False),
+    ],
+)
+def test_refuses_for_capacity(status: S, pending_reason: str | None, refused: bool) -> None:
+    assert refuses_for_capacity(status.value, pending_reason) is refused

@@ -12,22 +12,30 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.routing import Route
 
 from modelhost import __version__
 from modelhost.api import (
     docs_ui,
     errors,
+    openapi,
     routes_adapters,
     routes_deploy,
     routes_observe,
     routes_users,
 )
+from modelhost.api.auth_guard import AuthGuardMiddleware
+from modelhost.api.body_limit import BodyLimitMiddleware
 from modelhost.api.bootstrap import bootstrap_admin
+from modelhost.api.deps import bearer_token, resolve_principal
 from modelhost.config import Settings
 from modelhost.control import ControlLoops
+from modelhost.errors import Forbidden
 from modelhost.gateway import routes as gateway_routes
 from modelhost.gateway.core import Gateway
 from modelhost.orchestrator.backends.base import Backend
+from modelhost.security.auth_throttle import AuthThrottle
+from modelhost.security.file_modes import secure_data_dir
 from modelhost.services import Services, build_services
 
 log = logging.getLogger(__name__)
@@ -39,6 +47,8 @@ def create_app(
     backend: Backend | None = None,
     services: Services | None = None,
 ) -> FastAPI:
+    # Before anything writes into it: the data dir 0700, its secret files 0600.
+    secure_data_dir(settings.data_dir)
     services = services or build_services(settings)
     admin_token = bootstrap_admin(services)
     registry = CollectorRegistry()
@@ -72,6 +82,7 @@ def create_app(
     app.state.loops = loops
     app.state.admin_token = admin_token
     errors.install(app)
+    openapi.install(app)
     docs_ui.install(app)
     app.include_router(routes_users.router)
     app.include_router(routes_observe.router)
@@ -94,7 +105,22 @@ def create_app(
         )
 
     @app.get("/metrics", include_in_schema=False)
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
+        # The series name every tenant's deployments and adapters: for admins only, unless
+        # the operator opened it for a scraper.
+        if not settings.metrics_public:
+            who = await asyncio.to_thread(resolve_principal, services, bearer_token(request))
+            if not who.is_admin:
+                raise Forbidden("/metrics is for admins only", code="admin_only")
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
+    # The gateway caps its own bodies, in its own error shapes; everything else is capped here.
+    gateway_paths = [r.path_regex for r in gateway_routes.router.routes if isinstance(r, Route)]
+    app.add_middleware(
+        BodyLimitMiddleware,
+        limit=settings.max_body_bytes,
+        exempt=lambda path: any(regex.match(path) for regex in gateway_paths),
+    )
+    throttle = AuthThrottle(settings.auth_failures_burst, settings.auth_failure_refill_s)
+    app.add_middleware(AuthGuardMiddleware, throttle=throttle)
     return app

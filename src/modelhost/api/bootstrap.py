@@ -35,6 +35,8 @@ def bootstrap_admin(services: Services) -> str | None:
         _, token = users_store.issue_token(s, admin, "admin-bootstrap")
     path = settings.data_dir / "admin-token"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # The mode above applies only to a new file: one left by an earlier run is made private too.
+    os.fchmod(fd, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(token + "\n")
     log.info("admin token written to %s", path)

@@ -6,7 +6,9 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from modelhost.api import auth_guard
 from modelhost.errors import Forbidden, Unauthorized
+from modelhost.security.tokens import hash_token
 from modelhost.services import Services
 from modelhost.store.users import Principal, authenticate
 
@@ -30,10 +32,14 @@ def bearer_token(request: Request) -> str:
 
 
 def resolve_principal(services: Services, token: str) -> Principal:
+    digest = hash_token(token)
+    auth_guard.check(digest)
     with services.db.session() as s:
         who = authenticate(s, token)
     if who is None:
+        auth_guard.failed()
         raise Unauthorized("invalid or revoked API token")
+    auth_guard.succeeded(digest)
     services.token_usage.seen(who.token_id, who.token_last_used_at)
     return who
 

@@ -10,10 +10,13 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from modelhost.errors import ModelhostError
 
 log = logging.getLogger(__name__)
+
+PROBED_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
 def error_body(
@@ -38,6 +41,39 @@ def _loc_to_param(loc: tuple[Any, ...]) -> str | None:
     return ".".join(parts) or None
 
 
+def _invalid(message: str, param: str | None = None) -> JSONResponse:
+    return JSONResponse(
+        error_body(message, "invalid_request_error", param, "validation_error"), status_code=422
+    )
+
+
+def _body_problem(first: dict[str, Any]) -> str | None:
+    """A message for a body that is not a JSON object at all (instead of pydantic's words)."""
+    loc = tuple(first.get("loc", ()))
+    kind = first.get("type")
+    if kind == "json_invalid":
+        reason = (first.get("ctx") or {}).get("error", "invalid JSON")
+        where = f" at character {loc[1]}" if len(loc) > 1 else ""
+        return f"the request body is not valid JSON: {reason}{where}"
+    if loc == ("body",) and kind == "missing":
+        return "a JSON object body is required (Content-Type: application/json)"
+    if loc == ("body",) and kind in ("model_attributes_type", "dict_type"):
+        return "the request body must be a JSON object (Content-Type: application/json)"
+    return None
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route serves at this path: Starlette's own 405 names only those of the
+    first route that matched the path. Each method is tried against the app's routes (included
+    routers answer for all of theirs)."""
+    allowed = []
+    for method in PROBED_METHODS:
+        probe = {**request.scope, "method": method}
+        if any(route.matches(probe)[0] == Match.FULL for route in request.app.router.routes):
+            allowed.append(method)
+    return ", ".join(allowed)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(ModelhostError)
     async def _modelhost(_: Request, exc: ModelhostError) -> JSONResponse:
@@ -47,22 +83,32 @@ def install(app: FastAPI) -> None:
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+        problem = _body_problem(first)
+        if problem is not None:
+            return _invalid(problem)
         param = _loc_to_param(tuple(first.get("loc", ())))
         msg = str(first.get("msg", "invalid request"))
         message = f"{param}: {msg}" if param else msg
         if len(errors) > 1:
             message += f" (and {len(errors) - 1} more problem(s))"
-        return JSONResponse(
-            error_body(message, "invalid_request_error", param, "validation_error"),
-            status_code=422,
-        )
+        return _invalid(message, param)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:
+            # FastAPI's answer to a body it could not decode (nested past Python's recursion
+            # limit, not UTF-8, ...): invalid control-plane input, like any other.
+            if isinstance(exc.__cause__, RecursionError):
+                return _invalid("the request body is not valid JSON: nested too deeply")
+            return _invalid("the request body is not valid JSON (UTF-8 encoded)")
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = _allowed_methods(request)
         return JSONResponse(
             error_body(str(exc.detail), "invalid_request_error", None, code),
             status_code=exc.status_code,
+            headers=headers,
         )
 
     @app.exception_handler(Exception)

@@ -11,10 +11,12 @@ from modelhost.adapters import files
 from modelhost.adapters.base_dims import base_dims
 from modelhost.adapters.validate import AdapterError, check_adapter
 from modelhost.api.deps import PrincipalDep, ServicesDep
+from modelhost.api.openapi import errors
 from modelhost.api.schemas import HFWeights, LocalWeights
 from modelhost.domain.deployments import MODEL_NAME_RE
 from modelhost.errors import Conflict, NotFound, ValidationFailed
 from modelhost.orchestrator.launch import weights_path
+from modelhost.security.local_sources import allowed_local_path
 from modelhost.security.tokens import new_id
 from modelhost.services import Services
 from modelhost.store import adapters as store
@@ -23,6 +25,11 @@ from modelhost.store.clock import iso, utcnow
 from modelhost.store.tables import Adapter, Deployment, User
 
 router = APIRouter()
+NOTES = {
+    403: "a `local` source without the right to name server paths (`local_source_forbidden`)",
+    404: "the base deployment is unknown, or another user's private one",
+    409: "you have an adapter or deployment of this name (`name_in_use`)",
+}
 
 
 class _Strict(BaseModel):
@@ -78,13 +85,22 @@ def _base(services: Services, who: Any, base: str) -> Deployment:
         return dep
 
 
-@router.post("/v1/adapters", status_code=201)
+@router.post("/v1/adapters", status_code=201, responses=errors(403, 404, 409, 422, notes=NOTES))
 def create_adapter(body: CreateAdapter, who: PrincipalDep, services: ServicesDep) -> dict[str, Any]:
     if not MODEL_NAME_RE.match(body.name):
         raise ValidationFailed("name must match [a-z0-9][a-z0-9._-]{0,63}", param="name")
     sources = [k for k in ("hf", "local") if getattr(body.source, k) is not None]
     if len(sources) != 1:
         raise ValidationFailed("source needs exactly one of hf or local", param="source")
+    local = None
+    if body.source.local is not None:
+        local = allowed_local_path(
+            body.source.local.path,
+            is_admin=who.is_admin,
+            root=services.settings.local_sources_root,
+            data_dir=services.settings.data_dir,
+            param="source.local.path",
+        )
     base = _base(services, who, body.base)
     with services.db.session() as s:
         if store.name_taken(s, who.user_id, body.name):
@@ -99,7 +115,9 @@ def create_adapter(body: CreateAdapter, who: PrincipalDep, services: ServicesDep
     token = body.source.hf.token if body.source.hf is not None else None
     try:
         if body.source.local is not None:
-            got = files.copy_local(body.source.local.path, dest)
+            # The path checked above (for non-admins: resolved), not the one given.
+            assert local is not None
+            got = files.copy_local(local, dest)
             source: dict[str, Any] = {"local": {"path": body.source.local.path}}
         else:
             assert body.source.hf is not None
@@ -149,14 +167,14 @@ def list_adapters(who: PrincipalDep, services: ServicesDep) -> dict[str, Any]:
     return {"adapters": [_view(services, a) for a in rows]}
 
 
-@router.get("/v1/adapters/{name}")
+@router.get("/v1/adapters/{name}", responses=errors(404))
 def get_adapter(name: str, who: PrincipalDep, services: ServicesDep) -> dict[str, Any]:
     with services.db.session() as s:
         row = store.get_owned(s, who, name)
     return _view(services, row)
 
 
-@router.delete("/v1/adapters/{name}")
+@router.delete("/v1/adapters/{name}", responses=errors(404))
 def delete_adapter(name: str, who: PrincipalDep, services: ServicesDep) -> dict[str, Any]:
     with services.db.session() as s:
         row = store.get_owned(s, who, name)

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query
 from sqlalchemy.orm import Session
 
 from modelhost.api.deps import PrincipalDep, ServicesDep
+from modelhost.api.openapi import errors
 from modelhost.api.schemas import CreateLLM, UpdateDeployment
 from modelhost.api.views import deploy_object
 from modelhost.domain.autoscaling import AutoscalingSettings, SettingsError, validate_settings
@@ -19,6 +20,16 @@ from modelhost.domain.deployments import (
     QuotaItem,
     quota_error,
 )
+from modelhost.domain.engine_flags import (
+    refusal_message,
+    refused_engine_args,
+    server_path_args,
+)
+from modelhost.domain.fair_share import (
+    cpu_quota_error,
+    cpu_slots_per_user,
+    owner_cpu_limit,
+)
 from modelhost.domain.status import (
     DeploymentStatus,
     DesiredState,
@@ -26,7 +37,8 @@ from modelhost.domain.status import (
     StatusInputs,
     derive_status,
 )
-from modelhost.errors import Conflict, QuotaExceeded, ValidationFailed
+from modelhost.errors import Conflict, Forbidden, QuotaExceeded, ValidationFailed
+from modelhost.security.local_sources import allowed_local_path
 from modelhost.security.tokens import new_id
 from modelhost.services import Services
 from modelhost.store import adapters as adapters_store
@@ -38,6 +50,12 @@ from modelhost.store.users import Principal
 router = APIRouter()
 
 ALL_STATUSES = {s.value for s in DeploymentStatus}
+QUOTA = {403: "over the owner's GPU quota (`gpu_quota_exceeded`)"}
+CREATE_NOTES = {
+    403: "over your GPU quota (`gpu_quota_exceeded`), or `local` weights without the right "
+    "to name server paths (`local_source_forbidden`)",
+    409: "you have a deployment or adapter of this name (`name_in_use`)",
+}
 
 
 def _settings(
@@ -64,7 +82,21 @@ def _check_gpu(services: Services, gpu: str, num_gpus: int) -> None:
         )
 
 
-def _weights(body: CreateLLM, services: Services) -> dict[str, Any]:
+def _check_engine_args(args: list[str], param: str, who: Principal) -> None:
+    refused = refused_engine_args(args)
+    if refused:
+        raise ValidationFailed(refusal_message(refused), param=param)
+    paths = server_path_args(args)
+    if paths and not who.is_admin:
+        raise Forbidden(
+            f"{', '.join(paths)} names a folder on the server, which only admins may choose "
+            "(the operator sets the cache with MODELHOST_CACHE_DIR)",
+            param=param,
+            code="local_source_forbidden",
+        )
+
+
+def _weights(body: CreateLLM, services: Services, who: Principal) -> dict[str, Any]:
     given = [k for k in ("hf", "local", "base_model") if getattr(body, k) is not None]
     if len(given) > 1:
         raise ValidationFailed(
@@ -81,7 +113,15 @@ def _weights(body: CreateLLM, services: Services) -> dict[str, Any]:
     if body.hf is not None:
         return {"hf": {"repo": body.hf.repo, "revision": body.hf.revision or "main"}}
     if body.local is not None:
-        path = Path(body.local.path).expanduser()
+        settings = services.settings
+        allowed = allowed_local_path(
+            body.local.path,
+            is_admin=who.is_admin,
+            root=settings.local_sources_root,
+            data_dir=settings.data_dir,
+            param="local.path",
+        )
+        path = Path(allowed).expanduser()
         if not path.is_absolute():
             raise ValidationFailed("local.path must be an absolute path", param="local.path")
         if not path.exists():
@@ -114,6 +154,18 @@ def _check_quota(s: Session, who: Principal, item: QuotaItem, exclude: str | Non
         raise QuotaExceeded(message, param="settings.max_instances")
 
 
+def _check_cpu_share(services: Services, owner: Principal, gpu: str, min_instances: int) -> None:
+    """A CPU deployment whose floor alone exceeds what one user may hold can never run it."""
+    if gpu != CPU:
+        return
+    per_user = cpu_slots_per_user(
+        services.inventory.total(CPU), services.settings.cpu_slots_per_user
+    )
+    message = cpu_quota_error(min_instances, owner_cpu_limit(owner.is_admin, per_user))
+    if message:
+        raise QuotaExceeded(message, param="settings.min_instances", code="cpu_quota_exceeded")
+
+
 def _owner_limit(s: Session, dep: Deployment, who: Principal) -> Principal:
     """Quota is the owner's, also when an admin acts on someone else's deployment."""
     if dep.owner_id == who.user_id:
@@ -135,7 +187,7 @@ def _view(s: Session, dep: Deployment) -> dict[str, Any]:
     return deploy_object(dep, store.owner_name(s, dep))
 
 
-@router.post("/deploy/llm", status_code=201)
+@router.post("/deploy/llm", status_code=201, responses=errors(403, 409, 422, notes=CREATE_NOTES))
 def create_llm(body: CreateLLM, who: PrincipalDep, services: ServicesDep) -> dict[str, Any]:
     if not MODEL_NAME_RE.match(body.model_name):
         raise ValidationFailed(
@@ -148,7 +200,9 @@ def create_llm(body: CreateLLM, who: PrincipalDep, services: ServicesDep) -> dic
         raise ValidationFailed(
             f"unknown engine {body.engine!r}; one of: {', '.join(ENGINES)}", param="engine"
         )
-    weights = _weights(body, services)
+    _check_engine_args(body.engine_args, "engine_args", who)
+    _check_engine_args(body.extra_args or [], "extra_args", who)
+    weights = _weights(body, services, who)
     settings = _settings(body.settings, None)
     now = utcnow()
     with services.db.session() as s:
@@ -160,6 +214,7 @@ def create_llm(body: CreateLLM, who: PrincipalDep, services: ServicesDep) -> dic
             )
         item = QuotaItem(body.gpu, body.num_gpus, settings.max_instances)
         _check_quota(s, who, item, exclude=None)
+        _check_cpu_share(services, who, body.gpu, settings.min_instances)
         token = body.hf.token if body.hf is not None else None
         dep = Deployment(
             id=new_id("d"),
@@ -195,7 +250,7 @@ def create_llm(body: CreateLLM, who: PrincipalDep, services: ServicesDep) -> dic
     return out
 
 
-@router.get("/deploy/list")
+@router.get("/deploy/list", responses=errors(422))
 @router.get("/deploy/list/", include_in_schema=False)
 def list_deployments(
     who: PrincipalDep,
@@ -214,13 +269,13 @@ def list_deployments(
         return [_view(s, d) for d in store.list_for(s, who, statuses, all_users=all)]
 
 
-@router.get("/deploy/{deploy_id}")
+@router.get("/deploy/{deploy_id}", responses=errors(404))
 def get_deployment(deploy_id: str, who: PrincipalDep, services: ServicesDep) -> dict[str, Any]:
     with services.db.session() as s:
         return _view(s, store.get_owned(s, who, deploy_id))
 
 
-@router.put("/deploy/{deploy_id}")
+@router.put("/deploy/{deploy_id}", responses=errors(403, 404, 422, notes=QUOTA))
 def update_deployment(
     deploy_id: str, body: UpdateDeployment, who: PrincipalDep, services: ServicesDep
 ) -> dict[str, Any]:
@@ -231,8 +286,10 @@ def update_deployment(
             current = validate_settings(dep.settings, None)
             new = _settings(body.settings, current)
             if dep.desired_state == DesiredState.RUNNING.value:
+                owner = _owner_limit(s, dep, who)
                 item = QuotaItem(dep.config["gpu"], int(dep.config["num_gpus"]), new.max_instances)
-                _check_quota(s, _owner_limit(s, dep, who), item, exclude=dep.id)
+                _check_quota(s, owner, item, exclude=dep.id)
+                _check_cpu_share(services, owner, dep.config["gpu"], new.min_instances)
             dep.settings = new.to_dict()
             # Applied live: the autoscaler reads them at its next decision; clamp now so the
             # bounds hold even before that.
@@ -244,7 +301,7 @@ def update_deployment(
             dep.public = body.public
             changed.append("public")
         if body.config is not None:
-            _apply_config(dep, body, services)
+            _apply_config(dep, body, services, who)
             changed.append("config")
         if changed:
             dep.updated_at = utcnow()
@@ -254,18 +311,23 @@ def update_deployment(
     return out
 
 
-def _apply_config(dep: Deployment, body: UpdateDeployment, services: Services) -> None:
+def _apply_config(
+    dep: Deployment, body: UpdateDeployment, services: Services, who: Principal
+) -> None:
     assert body.config is not None
     config = dict(dep.config)
     cfg = body.config
     if cfg.max_batch_size is not None:
         config["max_batch_size"] = cfg.max_batch_size
     if cfg.engine_args is not None:
+        # Checked on every change; what is already stored is left as it is.
+        _check_engine_args(cfg.engine_args, "config.engine_args", who)
         config["engine_args"] = list(cfg.engine_args)
     if cfg.preloaded_adapters is not None:
         config["preloaded_adapters"] = list(cfg.preloaded_adapters)
     if cfg.max_active_adapters is not None:
         config["max_active_adapters"] = cfg.max_active_adapters
+    token_changed = False
     if cfg.hf is not None:
         weights = dict(config.get("weights", {}))
         if "hf" not in weights:
@@ -276,16 +338,28 @@ def _apply_config(dep: Deployment, body: UpdateDeployment, services: Services) -
         if cfg.hf.revision is not None:
             weights["hf"] = {**weights["hf"], "revision": cfg.hf.revision}
         if cfg.hf.token is not None:
-            dep.hf_token_enc = services.secrets.encrypt(cfg.hf.token) if cfg.hf.token else None
+            token_changed = _set_hf_token(dep, cfg.hf.token or None, services)
         config["weights"] = weights
-    if config != dep.config:
+    if config != dep.config or token_changed:
         dep.config = config
-        # A new generation: the reconciler replaces replicas one by one, new before old.
+        # A new generation: the reconciler replaces replicas one by one, new before old. A
+        # new token counts although it is not in the config: replicas get it in their
+        # environment at start, and the generation number says nothing about the token.
         dep.generation += 1
         dep.fail_reason = None
 
 
-@router.delete("/deploy/{deploy_id}")
+def _set_hf_token(dep: Deployment, token: str | None, services: Services) -> bool:
+    """Store the new token (None: remove it); True if it differs from the current one."""
+    current = services.secrets.decrypt(dep.hf_token_enc) if dep.hf_token_enc else None
+    # (A stored token the key no longer decrypts reads as None; removing it is a change.)
+    if token == current and (token is not None or dep.hf_token_enc is None):
+        return False
+    dep.hf_token_enc = services.secrets.encrypt(token) if token else None
+    return True
+
+
+@router.delete("/deploy/{deploy_id}", responses=errors(404))
 def delete_deployment(deploy_id: str, who: PrincipalDep, services: ServicesDep) -> dict[str, Any]:
     with services.db.session() as s:
         dep = store.get_owned(s, who, deploy_id)
@@ -301,7 +375,7 @@ def delete_deployment(deploy_id: str, who: PrincipalDep, services: ServicesDep) 
     return {"deploy_id": deploy_id}
 
 
-@router.post("/deploy/{deploy_id}/stop")
+@router.post("/deploy/{deploy_id}/stop", responses=errors(404))
 def stop_deployment(deploy_id: str, who: PrincipalDep, services: ServicesDep) -> dict[str, Any]:
     with services.db.session() as s:
         dep = store.get_owned(s, who, deploy_id)
@@ -314,7 +388,7 @@ def stop_deployment(deploy_id: str, who: PrincipalDep, services: ServicesDep) ->
     return {"deploy_id": deploy_id}
 
 
-@router.post("/deploy/{deploy_id}/start")
+@router.post("/deploy/{deploy_id}/start", responses=errors(403, 404, notes=QUOTA))
 def start_deployment(deploy_id: str, who: PrincipalDep, services: ServicesDep) -> dict[str, Any]:
     with services.db.session() as s:
         dep = store.get_owned(s, who, deploy_id)

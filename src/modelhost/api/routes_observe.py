@@ -14,6 +14,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
 from modelhost.api.deps import PrincipalDep, ServicesDep
+from modelhost.api.openapi import errors
 from modelhost.api.views import event_object
 from modelhost.domain.deployments import CPU
 from modelhost.orchestrator.backends import log_stamps
@@ -62,7 +63,7 @@ def catalog_models(who: PrincipalDep, services: ServicesDep) -> dict[str, Any]:
     }
 
 
-@router.get("/deploy/{deploy_id}/events")
+@router.get("/deploy/{deploy_id}/events", responses=errors(404, 422))
 def events(
     deploy_id: str,
     who: PrincipalDep,
@@ -96,7 +97,7 @@ def _entry(replica_id: str, line: str, ts: float | None) -> dict[str, Any]:
     return {"ts": when, "replica": replica_id, "line": line}
 
 
-@router.get("/deploy/{deploy_id}/logs", response_model=None)
+@router.get("/deploy/{deploy_id}/logs", response_model=None, responses=errors(404, 422))
 def logs(
     deploy_id: str,
     request: Request,

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from modelhost.api.deps import AdminDep, PrincipalDep, ServicesDep
+from modelhost.api.openapi import errors
 from modelhost.api.schemas import CreateToken, CreateUser
 from modelhost.api.views import token_object, user_object
 from modelhost.domain.deployments import USERNAME_RE, gpus_reserved
@@ -17,9 +18,10 @@ from modelhost.store import users as users_store
 from modelhost.store.clock import utcnow
 
 router = APIRouter()
+ADMIN = {403: "the caller is not an admin (`admin_only`)"}
 
 
-@router.post("/v1/users", status_code=201)
+@router.post("/v1/users", status_code=201, responses=errors(403, 409, 422, notes=ADMIN))
 def create_user(body: CreateUser, admin: AdminDep, services: ServicesDep) -> dict[str, Any]:
     if not USERNAME_RE.match(body.username):
         raise ValidationFailed(
@@ -34,13 +36,13 @@ def create_user(body: CreateUser, admin: AdminDep, services: ServicesDep) -> dic
         return {**user_object(user), "token": token}
 
 
-@router.get("/v1/users")
+@router.get("/v1/users", responses=errors(403, notes=ADMIN))
 def list_users(admin: AdminDep, services: ServicesDep) -> dict[str, Any]:
     with services.db.session() as s:
         return {"users": [user_object(u) for u in users_store.list_users(s)]}
 
 
-@router.delete("/v1/users/{username}")
+@router.delete("/v1/users/{username}", responses=errors(403, 404, 422, notes=ADMIN))
 def delete_user(username: str, admin: AdminDep, services: ServicesDep) -> dict[str, Any]:
     if username == admin.username:
         raise ValidationFailed("you cannot delete your own account", param="username")
@@ -75,7 +77,7 @@ def list_tokens(who: PrincipalDep, services: ServicesDep) -> list[dict[str, Any]
         return [token_object(t) for t in users_store.list_tokens(s, who.user_id)]
 
 
-@router.post("/v1/api-tokens", status_code=201)
+@router.post("/v1/api-tokens", status_code=201, responses=errors(409, 422))
 def create_token(body: CreateToken, who: PrincipalDep, services: ServicesDep) -> dict[str, Any]:
     with services.db.session() as s:
         user = users_store.get_user(s, who.username)
@@ -83,7 +85,7 @@ def create_token(body: CreateToken, who: PrincipalDep, services: ServicesDep) ->
         return token_object(row, plaintext)
 
 
-@router.delete("/v1/api-tokens/{token_id}")
+@router.delete("/v1/api-tokens/{token_id}", responses=errors(404))
 def revoke_token(token_id: str, who: PrincipalDep, services: ServicesDep) -> dict[str, Any]:
     with services.db.session() as s:
         users_store.revoke_token(s, who.user_id, token_id)

@@ -33,12 +33,14 @@ class AutoscaledDeployment:
     # Ready + starting replicas (not draining), and the ready ones among them.
     current_replicas: int
     ready_replicas: int
-    # The most replicas this deployment may have given free GPUs and the owner's quota,
-    # counting the ones it already holds.
+    # The most replicas this deployment may have under the owner's quota, counting the ones it
+    # already holds. Free capacity is not a bound: what does not fit waits as pending.
     placeable_max: int
     last_request_at: float | None
     # Which limit sets placeable_max when it binds: "capacity" or "quota".
     placeable_limit: str = "capacity"
+    # Of current_replicas, the wanted ones the orchestrator could not place (pending).
+    unplaced: int = 0
 
 
 class DeploymentSource(Protocol):
@@ -121,6 +123,7 @@ class Autoscaler:
             placeable_max=deployment.placeable_max,
             last_request_at=deployment.last_request_at,
             placeable_limit=deployment.placeable_limit,
+            unplaced=deployment.unplaced,
         )
         state = self._states.get(deployment.deploy_id)
         if state is None:

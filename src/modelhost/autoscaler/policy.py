@@ -17,13 +17,16 @@ Asymmetric windows: scale up fast, scale down only when the longer window suppor
 raised by `scale_down_margin` (fewer replicas run bigger, slower batches, which raises the
 concurrency they see), to fit fewer replicas; it then goes one step (a tenth of the replicas, at
 least one) per decision, never within `cooldown_s` of the last scale-up, and never while a replica
-is still starting (the planner would cancel that start first). When the short window's demand, or
-the latest sample, reaches `panic_threshold` times the ready replicas' target capacity, the policy
-scales straight to what the burst needs times `panic_headroom` (the burst keeps arriving and
-queueing while replicas start) and does not scale down until the burst has passed for a whole
-panic window. Scale to zero (only with `min_instances == 0`) waits `idle_to_zero_s` without a
-request and with nothing in flight, counted from the later of the last request and the moment
-the deployment had a ready replica. Bounds, then capacity/quota (`placeable_max`), apply last.
+is still starting (the planner would cancel that start first), whoever asked for it: the
+activator, or a higher `min_instances`. When the short window's demand, or the latest sample,
+reaches `panic_threshold` times the ready replicas' target capacity, the policy scales straight
+to what the burst needs times `panic_headroom` (the burst keeps arriving and queueing while
+replicas start) and does not scale down until the burst has passed for a whole panic window.
+Scale to zero (only with `min_instances == 0`) is an idleness rule, not a window average: it
+happens once `idle_to_zero_s` has passed without a request and with nothing in flight, counted
+from the later of the last request and the moment the deployment had a ready replica. Replicas
+that were wanted but could not be placed (`unplaced`) are dropped at once when the load no
+longer needs them. Bounds, then the owner's quota (`placeable_max`), apply last.
 """
 
 from __future__ import annotations
@@ -64,16 +67,20 @@ class ScalingContext:
     now: float
     settings: AutoscalingSettings
     max_batch_size: int
-    # Ready plus starting replicas (draining ones are on their way out and don't count).
+    # Ready plus starting replicas, plus wanted ones not started yet (draining ones are on their
+    # way out and don't count).
     current_replicas: int
     ready_replicas: int
     signals: LoadSignals
-    # The most replicas of this deployment that free capacity and the owner's quota allow right
-    # now, counting the ones it already has; may be below max_instances.
+    # The most replicas of this deployment the owner's quota allows right now (the server),
+    # or free capacity (the simulation), counting the ones it already has.
     placeable_max: int
     last_request_at: float | None
     # What sets placeable_max: "capacity" (free GPUs) or "quota" (the owner's gpu_limit).
     placeable_limit: str = "capacity"
+    # Of current_replicas, those the orchestrator could not place (no free device, or the
+    # owner's CPU share): pending, not starting, so a scale-down may drop them at once.
+    unplaced: int = 0
 
 
 @dataclass(frozen=True)
@@ -171,7 +178,11 @@ def _plural(count: int) -> str:
 
 
 def _starting(context: ScalingContext) -> int:
-    return max(context.current_replicas - context.ready_replicas, 0)
+    return max(context.current_replicas - context.ready_replicas - _unplaced(context), 0)
+
+
+def _unplaced(context: ScalingContext) -> int:
+    return min(max(context.unplaced, 0), max(context.current_replicas - context.ready_replicas, 0))
 
 
 def decide(context: ScalingContext, state: PolicyState) -> tuple[ScalingDecision, PolicyState]:
@@ -202,6 +213,11 @@ def decide(context: ScalingContext, state: PolicyState) -> tuple[ScalingDecision
     # Never below the floor: a deployment at min_instances has no scale-down to hold or make.
     down_want = max(down_want, settings.min_instances)
     previous = state.last_desired if state.last_desired is not None else context.current_replicas
+    # Replicas this policy did not order (the activator's first one after zero, a raised
+    # min_instances) are the count to scale from: judged by the same rules as the policy's own,
+    # e.g. one still starting is never cancelled, one just ready gets its whole idle period.
+    unplaced = _unplaced(context)
+    previous = max(previous, context.current_replicas - unplaced)
     first_seen = state.first_seen_at if state.first_seen_at is not None else now
     # When the deployment last went from no ready replica to one: idle time for scale to zero
     # counts from here at the earliest, so a replica is never dropped before it could serve.
@@ -209,6 +225,12 @@ def decide(context: ScalingContext, state: PolicyState) -> tuple[ScalingDecision
     ready_since = state.ready_since if context.ready_replicas > 0 else None
     if context.ready_replicas > 0 and ready_since is None:
         ready_since = now
+    # Scale to zero is decided on idleness alone: no request for idle_to_zero_s and nothing in
+    # flight now, whatever the stable window still averages (a user setting idle_to_zero_s
+    # means that idle time, not that time or the stable window, whichever is longer).
+    anchors = [at for at in (context.last_request_at, ready_since) if at is not None]
+    idle_for = now - (max(anchors) if anchors else first_seen)
+    idle = settings.min_instances == 0 and demand <= 0 and idle_for >= settings.idle_to_zero_s
     notes: list[str] = []
 
     # Panic is judged against what is ready: replicas still starting serve nobody yet.
@@ -227,8 +249,16 @@ def decide(context: ScalingContext, state: PolicyState) -> tuple[ScalingDecision
         notes.append("panic: burst over the ready capacity, no scale-down")
     elif up_want > previous:
         want = up_want
-    elif down_want < previous:
-        want = _scale_down(context, state, previous, down_want, first_seen, ready_since, notes)
+    elif previous > 0 and (down_want < previous or idle):
+        target = 0 if idle else down_want
+        if unplaced:
+            # Never placed: they serve nobody and hold no device, so no cooldown, steps or idle
+            # period protects them; a deployment that could not get its first replica goes back
+            # to standby as soon as no request waits for one.
+            want = max(target, previous - unplaced)
+            notes.append(f"{_plural(previous - want)} that could not be placed no longer wanted")
+        else:
+            want = _scale_down(context, state, previous, target, first_seen, idle_for, notes)
     else:
         want = previous
 
@@ -261,7 +291,7 @@ def _scale_down(
     previous: int,
     want: int,
     first_seen: float,
-    ready_since: float | None,
+    idle_for: float,
     notes: list[str],
 ) -> int:
     """The count after a scale-down the stable window supports, or `previous` while one of the
@@ -291,13 +321,12 @@ def _scale_down(
     if want >= 1 or settings.min_instances > 0:
         return max(want, previous - step)
     # Scale to zero: only after `idle_to_zero_s` without a request and with nothing in
-    # flight, counted from the later of the last request and the first ready replica.
+    # flight, counted from the later of the last request and the first ready replica. No
+    # replica has had work for that long, so all go at once.
+    if context.signals.demand <= 0 and idle_for >= settings.idle_to_zero_s:
+        notes.append(f"idle {idle_for:.0f}s: scale to zero")
+        return 0
     if previous > 1:
         return max(1, previous - step)
-    anchors = [at for at in (context.last_request_at, ready_since) if at is not None]
-    idle_for = now - (max(anchors) if anchors else first_seen)
-    if context.signals.demand > 0 or idle_for < settings.idle_to_zero_s:
-        notes.append(f"idle {idle_for:.0f}s of {settings.idle_to_zero_s:g}s before zero")
-        return 1
-    notes.append(f"idle {idle_for:.0f}s: scale to zero")
-    return 0
+    notes.append(f"idle {idle_for:.0f}s of {settings.idle_to_zero_s:g}s before zero")
+    return 1

@@ -64,6 +64,13 @@ def _hf_token(token: str | None, token_env: str | None, token_stdin: bool) -> st
     return token
 
 
+def _live_status(d: Deployment) -> str:
+    """The status, with why it waits when it waits for capacity."""
+    if d.pending_reason:
+        return f"{d.status} (waiting for capacity: {d.pending_reason})"
+    return d.status
+
+
 def _wait(client: Client, dep: Deployment, timeout: float, poll_interval: float) -> Deployment:
     """Poll until settled, showing the live status: a spinner on a terminal, one line per
     status change otherwise (CI logs, pipes)."""
@@ -72,19 +79,20 @@ def _wait(client: Client, dep: Deployment, timeout: float, poll_interval: float)
         with console.status(f"{dep.deploy_id}: {dep.status}") as spinner:
 
             def show(d: Deployment) -> None:
-                spinner.update(f"{escape(d.deploy_id)}: {output.status_text(d.status)}")
+                reason = f" ({escape(d.pending_reason)})" if d.pending_reason else ""
+                spinner.update(f"{escape(d.deploy_id)}: {output.status_text(d.status)}{reason}")
 
             return client.wait_until_settled(
                 dep.deploy_id, timeout, poll_interval=poll_interval, on_update=show
             )
-    seen = [dep.status]
-    console.print(f"waiting: {dep.status}", markup=False)
+    seen = [_live_status(dep)]
+    console.print(f"waiting: {seen[0]}", markup=False)
 
     def log_change(d: Deployment) -> None:
-        if d.status != seen[-1]:
-            seen.append(d.status)
+        if _live_status(d) != seen[-1]:
+            seen.append(_live_status(d))
             if not d.settled:
-                console.print(f"waiting: {d.status}", markup=False)
+                console.print(f"waiting: {seen[-1]}", markup=False)
 
     return client.wait_until_settled(
         dep.deploy_id, timeout, poll_interval=poll_interval, on_update=log_change

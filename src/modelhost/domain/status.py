@@ -40,6 +40,8 @@ class ReplicaCounts:
     draining: int = 0
     ready_current: int = 0  # ready replicas running the current config generation
     ever_started: bool = False  # any replica of this deployment was ever launched
+    # Wanted replicas the orchestrator could not place (no free device, or the owner's share).
+    pending: int = 0
 
 
 @dataclass(frozen=True)
@@ -70,5 +72,22 @@ def derive_status(inp: StatusInputs) -> DeploymentStatus:
         return DeploymentStatus.INITIALIZING
     if inp.desired_replicas == 0:
         return DeploymentStatus.STANDBY
-    # Wanted replicas but none launched: either nothing started yet or no capacity.
-    return DeploymentStatus.PENDING if not r.ever_started else DeploymentStatus.INITIALIZING
+    # Wanted replicas but none live: waiting for capacity, or nothing started yet, are pending;
+    # a replica that ran and is waiting out its restart backoff is initializing again.
+    if r.pending > 0 or not r.ever_started:
+        return DeploymentStatus.PENDING
+    return DeploymentStatus.INITIALIZING
+
+
+# What a client refused for lack of capacity is told to wait before retrying: about the time a
+# scale-down elsewhere takes to free a device.
+NO_CAPACITY_RETRY_AFTER_S = 30
+
+
+def refuses_for_capacity(status: str, pending_reason: str | None) -> bool:
+    """Whether a request must be refused at once (503 `no_capacity`) rather than held for a
+    cold start: no replica serves or starts, and the orchestrator reported that none can be
+    placed (`pending_reason`). A deployment that is merely new (pending, no reason yet) or
+    scaled to zero with room for its first replica is held as usual."""
+    held = status in (DeploymentStatus.PENDING.value, DeploymentStatus.STANDBY.value)
+    return held and bool(pending_reason)

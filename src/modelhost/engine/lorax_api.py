@@ -71,6 +71,15 @@ def _check(p: LoraxParameters) -> None:
         )
 
 
+def check_lorax_request(body: LoraxRequest) -> None:
+    """Every check of a LoRAX request that needs only its body; the gateway runs them too,
+    before the request takes a slot."""
+    p = body.parameters or LoraxParameters()
+    _check(p)
+    if p.apply_chat_template:
+        _chat_messages(body.inputs)
+
+
 def _temperature(p: LoraxParameters) -> float:
     """TGI's rule: sampling is on when `do_sample` is, or when any warper is set to a
     non-neutral value; otherwise decoding is greedy (temperature 0)."""

@@ -177,6 +177,38 @@ def _stops(stop: str | list[str] | None) -> tuple[str, ...]:
     return stops
 
 
+def check_chat_request(body: ChatCompletionRequest) -> tuple[ChatMessage, ...]:
+    """Every check of a chat request that needs only its body; the gateway runs them too,
+    before the request takes a slot. Returns the messages."""
+    _check_common(body)
+    _check_chat(body)
+    _stops(body.stop)
+    return _messages(body)
+
+
+def check_completion_request(body: CompletionRequest) -> str:
+    """Every check of a completion request that needs only its body (see check_chat_request).
+    Returns the prompt."""
+    _check_common(body)
+    if body.echo:
+        raise _unsupported("echo", "is not supported by this engine")
+    if body.suffix:
+        raise _unsupported("suffix", "is not supported by this engine")
+    if body.best_of not in (None, 1):
+        raise _unsupported("best_of", "must be 1")
+    if body.logprobs:
+        raise _unsupported("logprobs", "is not supported by this engine")
+    prompt = body.prompt
+    if isinstance(prompt, list):
+        if len(prompt) != 1 or not isinstance(prompt[0], str):
+            raise _unsupported(
+                "prompt", "must be one string: batches and token ids are not supported"
+            )
+        prompt = prompt[0]
+    _stops(body.stop)
+    return prompt
+
+
 def _adapter(state: EngineState, model: str, request: Request) -> str | None:
     """The adapter a request names: the gateway's `x-adapter-id` header wins (then `model` is
     the user-facing name, only echoed); else `model`, where "" or the served name is the base."""
@@ -325,14 +357,13 @@ def build_router(state: EngineState) -> APIRouter:
     async def chat_completions(request: Request) -> Response:
         state.check_available()
         body = await parse_body(request, ChatCompletionRequest)
-        _check_common(body)
-        _check_chat(body)
+        messages = check_chat_request(body)
         rid = f"chatcmpl-{uuid.uuid4().hex}"
         max_tokens = body.max_completion_tokens or body.max_tokens
         gen = GenerationRequest(
             request_id=rid,
             params=_params(body, max_tokens or 1),
-            messages=_messages(body),
+            messages=messages,
             adapter_id=_adapter(state, body.model, request),
         )
         if max_tokens is None:
@@ -346,22 +377,7 @@ def build_router(state: EngineState) -> APIRouter:
     async def completions(request: Request) -> Response:
         state.check_available()
         body = await parse_body(request, CompletionRequest)
-        _check_common(body)
-        if body.echo:
-            raise _unsupported("echo", "is not supported by this engine")
-        if body.suffix:
-            raise _unsupported("suffix", "is not supported by this engine")
-        if body.best_of not in (None, 1):
-            raise _unsupported("best_of", "must be 1")
-        if body.logprobs:
-            raise _unsupported("logprobs", "is not supported by this engine")
-        prompt = body.prompt
-        if isinstance(prompt, list):
-            if len(prompt) != 1 or not isinstance(prompt[0], str):
-                raise _unsupported(
-                    "prompt", "must be one string: batches and token ids are not supported"
-                )
-            prompt = prompt[0]
+        prompt = check_completion_request(body)
         rid = f"cmpl-{uuid.uuid4().hex}"
         max_tokens = body.max_tokens or COMPLETIONS_DEFAULT_MAX_TOKENS
         gen = GenerationRequest(

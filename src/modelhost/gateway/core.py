@@ -13,6 +13,7 @@ from prometheus_client.registry import Collector
 
 from modelhost.config import Settings
 from modelhost.domain.routing import ReplicaEndpoint
+from modelhost.gateway.drain import Drain
 from modelhost.gateway.pool import DeploymentPool, PoolLimits
 from modelhost.gateway.proxy import ForwardResult
 from modelhost.gateway.resolve import Target
@@ -39,6 +40,7 @@ class Gateway:
         self._on_demand = on_demand
         self._pools: dict[str, DeploymentPool] = {}
         self._snapshot_version = 0
+        self.drain = Drain()
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(settings.request_timeout_s, connect=5.0, pool=None),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),

@@ -25,6 +25,9 @@ class _Slot:
     endpoint: ReplicaEndpoint
     outstanding: int = 0
     routable: bool = True
+    # After a failed connection: not routable before this time, whatever snapshots say (the
+    # reconciler may list a dead replica for a pass or two before it notices).
+    retry_at: float = 0.0
     # The adapters this replica most likely holds: the last ones sent to it, in LRU order,
     # mirroring the engine's own LRU of max_active_adapters.
     adapters: OrderedDict[str, None] = field(default_factory=OrderedDict)
@@ -108,7 +111,7 @@ class DeploymentPool:
                 slot = _Slot(ep)
             else:
                 slot.endpoint = ep
-            slot.routable = True
+            slot.routable = self.clock() >= slot.retry_at
             fresh[ep.replica_id] = slot
         for rid, slot in self._slots.items():
             if rid not in fresh:
@@ -118,11 +121,13 @@ class DeploymentPool:
         self._slots = fresh
         self._dispatch()
 
-    def mark_unroutable(self, replica_id: str) -> None:
-        """The replica refused a connection: stop sending it work until the next snapshot."""
+    def mark_unroutable(self, replica_id: str, for_s: float) -> None:
+        """The replica failed a connection: send it no work for `for_s` seconds, and after that
+        only once a snapshot lists it again."""
         slot = self._slots.get(replica_id)
         if slot is not None:
             slot.routable = False
+            slot.retry_at = self.clock() + for_s
 
     # ---- admission ------------------------------------------------------------------------
     def _ready_slots(self) -> list[_Slot]:
@@ -158,7 +163,9 @@ class DeploymentPool:
             slot.touch(adapter_id)
         return Lease(slot.endpoint, slot, queued_s, cold)
 
-    async def acquire(self, adapter_id: str | None = None) -> Lease:
+    async def acquire(self, adapter_id: str | None = None, deadline: float | None = None) -> Lease:
+        """A slot on a replica, waiting (bounded) in the queue or for a cold start; `deadline`
+        (on `clock`) shortens that wait for a request that has already waited."""
         now = self.clock()
         self.last_request_at = now
         self.last_request_wall = time.time()
@@ -179,8 +186,13 @@ class DeploymentPool:
         if cold:
             self.on_demand(self.deploy_id)
         timeout = self.limits.cold_start_timeout_s if cold else self.limits.queue_timeout_s
+        if deadline is not None:
+            timeout = max(0.0, min(timeout, deadline - now))
         try:
-            return await asyncio.wait_for(asyncio.shield(waiter.future), timeout)
+            # Not wait_for: on Python 3.11 it returns a result that arrives in the step in which
+            # the request is cancelled, and the departed request would go on to the replica.
+            async with asyncio.timeout(timeout):
+                return await asyncio.shield(waiter.future)
         except BaseException as exc:
             # Timed out, or the client went away: withdraw. A grant that raced us goes back.
             if waiter.future.done() and not waiter.future.cancelled():

@@ -1,31 +1,43 @@
 """Forward one inference request to a replica and stream its answer back.
 
-Streams pass through chunk by chunk (never buffered whole). A client that goes away cancels
-the upstream request, which frees the sequence's slot in the engine. A replica that dies
-mid-stream ends the stream with an error event, never with a stream that looks complete.
+A request that did not reach a replica (connection refused: it just died, or is shutting
+down), or whose replica closed the connection before answering, is tried again, on another
+replica or, while none is routable, held like a cold start for the replacement; both bounded.
+A client that goes away cancels the upstream request, which frees the sequence's slot in the
+engine, and gives back the gateway's slot, whatever point the request had reached.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from functools import partial
+from typing import Any, TypeVar
 
 import httpx
 from fastapi import Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 
-from modelhost.errors import ModelhostError, UpstreamFailed, UpstreamTimeout
+from modelhost.errors import Unavailable, UpstreamFailed, UpstreamTimeout
+from modelhost.gateway.drain import Drain
 from modelhost.gateway.pool import DeploymentPool, Lease
+from modelhost.gateway.stream import ProxiedStream, Style
 
-Style = Literal["openai", "lorax"]
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 DISCONNECT_POLL_S = 0.25
-CONNECT_ATTEMPTS = 3
+# Connections refused: the request never reached a replica, so retrying is free.
+REFUSED_ATTEMPTS = 10
+# Replicas that closed the connection before answering: the request may be what killed them,
+# so it gets one more try only.
+CLOSED_ATTEMPTS = 2
+# How long a replica that failed a connection gets no new work (see DeploymentPool).
+UNROUTABLE_S = 1.0
+RETRY_AFTER_S = 5
 
 
 @dataclass(frozen=True)
@@ -55,65 +67,106 @@ class ClientGone(Exception):
     """The client closed its connection before we answered."""
 
 
-async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """Run `work`, cancelling it if the client disconnects first."""
+# Clean-up of results that arrived after their request gave up; held until done.
+_reaping: set[asyncio.Task[None]] = set()
+
+
+async def until_disconnect(
+    request: Request,
+    work: Awaitable[T],
+    discard: Callable[[T], Coroutine[Any, Any, None]] | None = None,
+) -> T:
+    """Run `work`, cancelling it if the client disconnects first (or this request is
+    cancelled). A result it still produces once we have given up, even one that arrived while
+    we were asking whether the client is gone, goes to `discard`, so that nothing it holds (a
+    replica slot, an open upstream request) leaks."""
     task = asyncio.ensure_future(work)
+    handed_over = False
     try:
         while True:
             done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
             if done:
+                handed_over = True
                 return task.result()
             if await request.is_disconnected():
-                task.cancel()
                 raise ClientGone()
     finally:
-        if not task.done():
-            task.cancel()
+        if not handed_over:
+            _abandon(task, discard)
 
 
-def sse_error(err: ModelhostError, style: Style) -> bytes:
-    if style == "lorax":
-        # LoRAX's word for a stream cut short, so its client raises IncompleteGenerationError.
-        kind = "incomplete_generation" if isinstance(err, UpstreamFailed) else err.code
-        payload: dict[str, Any] = {"error": err.message, "error_type": kind or "error"}
-    else:
-        payload = {
-            "error": {
-                "message": err.message,
-                "type": err.error_type,
-                "param": err.param,
-                "code": err.code,
-            }
-        }
-    return f"data: {json.dumps(payload)}\n\n".encode()
+def _abandon(
+    task: asyncio.Future[T], discard: Callable[[T], Coroutine[Any, Any, None]] | None
+) -> None:
+    task.cancel()
+
+    def reap(done: asyncio.Future[T]) -> None:
+        if done.cancelled() or done.exception() is not None or discard is None:
+            return
+        cleanup = asyncio.ensure_future(discard(done.result()))
+        _reaping.add(cleanup)
+        cleanup.add_done_callback(_reaping.discard)
+
+    task.add_done_callback(reap)
+
+
+async def _discard(pool: DeploymentPool, opened: tuple[Lease, httpx.Response]) -> None:
+    lease, upstream = opened
+    try:
+        await upstream.aclose()
+    finally:
+        pool.release(lease)
 
 
 async def _connect(
     client: httpx.AsyncClient,
     pool: DeploymentPool,
-    path: str,
-    body: bytes,
+    up: Upstream,
     headers: dict[str, str],
-    adapter_id: str | None,
+    timeout_s: float,
 ) -> tuple[Lease, httpx.Response]:
-    """Acquire a replica and open the upstream request; a replica that refuses the connection
-    (it just died, or is shutting down) is skipped and the request tries another."""
-    last: Exception | None = None
-    for _ in range(CONNECT_ATTEMPTS):
-        lease = await pool.acquire(adapter_id)
+    """Acquire a replica and open the upstream request (for a non-streaming request the
+    engine answers whole, so this lasts the whole generation)."""
+    refused = closed = 0
+    deadline: float | None = None
+    while True:
+        lease = await pool.acquire(up.adapter_id, deadline)
+        replica = lease.endpoint.replica_id
         try:
             req = client.build_request(
-                "POST", lease.endpoint.url + path, content=body, headers=headers
+                "POST", lease.endpoint.url + up.path, content=up.body, headers=headers
             )
             return lease, await client.send(req, stream=True)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+        except (httpx.ConnectError, httpx.ConnectTimeout):
+            refused += 1
+            what = "refused the connection"
+        except httpx.TimeoutException:
             pool.release(lease)
-            pool.mark_unroutable(lease.endpoint.replica_id)
-            last = exc
+            raise UpstreamTimeout(f"the engine did not answer within {timeout_s:.0f}s") from None
+        except httpx.TransportError as exc:
+            closed += 1
+            what = f"closed the connection before answering ({type(exc).__name__})"
         except BaseException:
             pool.release(lease)
             raise
-    raise UpstreamFailed(f"no replica of {pool.deploy_id} accepted the request: {last}")
+        pool.release(lease)
+        pool.mark_unroutable(replica, UNROUTABLE_S)
+        if closed >= CLOSED_ATTEMPTS:
+            raise UpstreamFailed(
+                f"the replicas of deployment {pool.deploy_id} failed while answering this "
+                f"request ({closed} tries)"
+            )
+        if refused >= REFUSED_ATTEMPTS:
+            raise Unavailable(
+                f"no replica of deployment {pool.deploy_id} took the request "
+                f"({refused} tries); retry shortly",
+                code="replica_unavailable",
+                retry_after=RETRY_AFTER_S,
+            )
+        log.info("deployment %s: replica %s %s; retrying", pool.deploy_id, replica, what)
+        if deadline is None:
+            # Retries wait for a replica at most as long as a cold start would.
+            deadline = pool.clock() + pool.limits.cold_start_timeout_s
 
 
 async def forward(
@@ -123,6 +176,7 @@ async def forward(
     up: Upstream,
     style: Style,
     timeout_s: float,
+    drain: Drain,
     on_done: Callable[[ForwardResult], None],
 ) -> Response:
     started = time.monotonic()
@@ -131,7 +185,7 @@ async def forward(
     if up.adapter_id:
         headers["x-adapter-id"] = up.adapter_id
     lease, upstream = await until_disconnect(
-        request, _connect(client, pool, up.path, up.body, headers, up.adapter_id)
+        request, _connect(client, pool, up, headers, timeout_s), partial(_discard, pool)
     )
     result.cold, result.queued_s = lease.cold, lease.queued_s
     result.replica_id = lease.endpoint.replica_id
@@ -141,51 +195,45 @@ async def forward(
     }
     if up.adapter_name:
         extra["x-adapter-id"] = up.adapter_name
-    if not up.stream or upstream.status_code != 200:
+    if up.stream and upstream.status_code == 200:
+
+        def first_byte(elapsed: float) -> None:
+            result.first_byte_s = elapsed
+
+        def end(status: int) -> None:
+            result.status = status
+            pool.release(lease)
+            on_done(result)
+
+        return ProxiedStream(
+            upstream,
+            replica_id=lease.endpoint.replica_id,
+            style=style,
+            drain=drain,
+            started=started,
+            on_first_byte=first_byte,
+            on_end=end,
+            headers={**extra, "cache-control": "no-cache", "x-accel-buffering": "no"},
+        )
+    try:
+        data = await until_disconnect(request, asyncio.wait_for(upstream.aread(), timeout_s))
+    except TimeoutError:
+        raise UpstreamTimeout(f"the engine did not answer within {timeout_s:.0f}s") from None
+    except (httpx.TransportError, httpx.StreamError) as exc:
+        raise UpstreamFailed(
+            f"replica {lease.endpoint.replica_id} failed while answering: {type(exc).__name__}"
+        ) from None
+    finally:
         try:
-            data = await until_disconnect(request, asyncio.wait_for(upstream.aread(), timeout_s))
-        except TimeoutError:
-            raise UpstreamTimeout(f"the engine did not answer within {timeout_s:.0f}s") from None
-        except (httpx.TransportError, httpx.StreamError) as exc:
-            raise UpstreamFailed(
-                f"replica {lease.endpoint.replica_id} failed while answering: {type(exc).__name__}"
-            ) from None
-        finally:
             await upstream.aclose()
+        finally:
             pool.release(lease)
             result.status = upstream.status_code
             result.first_byte_s = time.monotonic() - started
             on_done(result)
-        return Response(
-            data,
-            status_code=upstream.status_code,
-            media_type=upstream.headers.get("content-type", "application/json"),
-            headers=extra,
-        )
-
-    async def body_iter() -> AsyncIterator[bytes]:
-        result.status = 200
-        try:
-            async for chunk in upstream.aiter_raw():
-                if result.first_byte_s is None:
-                    result.first_byte_s = time.monotonic() - started
-                yield chunk
-        except (httpx.TransportError, httpx.StreamError) as exc:
-            result.status = 502
-            yield sse_error(
-                UpstreamFailed(
-                    f"replica {lease.endpoint.replica_id} failed mid-stream "
-                    f"({type(exc).__name__}); the response is incomplete"
-                ),
-                style,
-            )
-        finally:
-            await upstream.aclose()
-            pool.release(lease)
-            on_done(result)
-
-    return StreamingResponse(
-        body_iter(),
-        media_type="text/event-stream",
-        headers={**extra, "cache-control": "no-cache", "x-accel-buffering": "no"},
+    return Response(
+        data,
+        status_code=upstream.status_code,
+        media_type=upstream.headers.get("content-type", "application/json"),
+        headers=extra,
     )

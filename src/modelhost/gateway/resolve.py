@@ -23,6 +23,9 @@ class Target:
     # A LoRA adapter on that deployment: the engine's id for it and its user-facing name.
     adapter_id: str | None = None
     adapter_name: str | None = None
+    # Why the orchestrator could not place replicas (the deploy object's
+    # autoscaling.pending_reason): with none serving or starting, requests are refused at once.
+    pending_reason: str | None = None
 
 
 def model_not_found(model: str) -> NotFound:
@@ -48,6 +51,7 @@ def _target(s: Session, dep: Deployment) -> Target:
         status=dep.status,
         desired_state=dep.desired_state,
         fail_reason=dep.fail_reason,
+        pending_reason=dep.pending_reason,
     )
 
 

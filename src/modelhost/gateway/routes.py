@@ -21,8 +21,11 @@ from modelhost.errors import (
     Unavailable,
 )
 from modelhost.gateway.core import Gateway
-from modelhost.gateway.proxy import ClientGone, Style, Upstream, forward
+from modelhost.gateway.drain import shutting_down
+from modelhost.gateway.proxy import ClientGone, Upstream, forward
 from modelhost.gateway.resolve import Target, resolve_adapter_on, resolve_model, resolve_path
+from modelhost.gateway.stream import Style
+from modelhost.gateway.validate import check_inference
 from modelhost.services import Services
 from modelhost.store import deployments as store
 from modelhost.store.tables import Deployment
@@ -74,6 +77,8 @@ async def _body(request: Request, limit: int) -> dict[str, Any]:
         body = json.loads(raw or b"null")
     except (ValueError, UnicodeDecodeError):
         raise InvalidRequest("the request body is not valid JSON") from None
+    except RecursionError:
+        raise InvalidRequest("the request body is not valid JSON: nested too deeply") from None
     if not isinstance(body, dict):
         raise InvalidRequest("the request body must be a JSON object")
     return body
@@ -86,6 +91,9 @@ async def _principal(request: Request) -> Principal:
 
 
 def _check_servable(target: Target) -> None:
+    # Local import: the rest of this module is being edited in parallel (hoist when merged).
+    from modelhost.domain.status import NO_CAPACITY_RETRY_AFTER_S, refuses_for_capacity
+
     if target.desired_state == DesiredState.STOPPED.value:
         raise Unavailable(
             f"deployment {target.full_name} is stopped; start it with "
@@ -97,17 +105,33 @@ def _check_servable(target: Target) -> None:
             f"deployment {target.full_name} failed to start: {target.fail_reason}",
             code="deployment_errored",
         )
+    # No replica serves or starts and none can be placed: holding the request for a cold start
+    # would only end in cold_start_timeout.
+    pending_reason = target.pending_reason
+    if refuses_for_capacity(target.status, pending_reason):
+        raise Unavailable(
+            f"deployment {target.full_name} has no replica and cannot start one now: "
+            f"{pending_reason}; retry later",
+            code="no_capacity",
+            retry_after=NO_CAPACITY_RETRY_AFTER_S,
+        )
 
 
 async def _proxy(
     request: Request, target: Target, path: str, body: dict[str, Any], style: Style
 ) -> Response:
+    # Checked before anything is admitted: an invalid request takes no slot, starts nothing.
+    stream = check_inference(path, body)
     _check_servable(target)
     gateway = _gateway(request)
+    try:
+        encoded = json.dumps(body).encode()
+    except RecursionError:
+        raise InvalidRequest("the request body is nested too deeply") from None
     up = Upstream(
         path=path,
-        body=json.dumps(body).encode(),
-        stream=bool(body.get("stream", False)) or path.endswith("generate_stream"),
+        body=encoded,
+        stream=stream,
         adapter_id=target.adapter_id,
         adapter_name=target.adapter_name,
     )
@@ -118,6 +142,7 @@ async def _proxy(
         up,
         style,
         gateway.settings.request_timeout_s,
+        gateway.drain,
         lambda result: gateway.record(target, result),
     )
 
@@ -142,6 +167,10 @@ async def _openai(request: Request, path: str) -> Response:
         if deploy_id:
             _gateway(request).record_rejected(deploy_id, exc.status_code)
         return error_response(exc)
+    except asyncio.CancelledError:
+        if not _gateway(request).drain.absorb():
+            raise
+        return error_response(shutting_down())
 
 
 def _resolve(request: Request, who: Principal, model: str) -> Target:
@@ -251,6 +280,10 @@ async def _lorax(request: Request, username: str, model_name: str, path: str) ->
         return Response(status_code=499)
     except ModelhostError as exc:
         return error_response(exc) if openai_style else lorax_error(exc)
+    except asyncio.CancelledError:
+        if not _gateway(request).drain.absorb():
+            raise
+        return error_response(shutting_down()) if openai_style else lorax_error(shutting_down())
 
 
 @router.post("/deployments/{username}/{model_name}")

@@ -79,6 +79,7 @@ def desired_deployment(
     drain_timeout_s: float,
     adapter_dir: str,
     preload_ids: Sequence[str] = (),
+    cpu_slot_limit: int | None = None,
 ) -> DesiredDeployment:
     return DesiredDeployment(
         deploy_id=dep.id,
@@ -86,6 +87,8 @@ def desired_deployment(
         desired_replicas=dep.desired_replicas,
         launch=launch_spec(dep, owner, catalog, secrets, adapter_dir, preload_ids),
         drain_timeout_s=drain_timeout_s,
+        owner=owner,
+        cpu_slot_limit=cpu_slot_limit,
     )
 
 

@@ -14,7 +14,10 @@ pool of free devices):
 - a failed replica is not live, so a replacement starts, after a capped exponential backoff;
   after `max_start_failures` consecutive failed starts the deployment is errored instead;
 - placement gives each replica `devices_needed` free devices of its type, never one device to
-  two replicas; what does not fit is reported pending with the reason.
+  two replicas, and an owner's CPU replicas at most `cpu_slot_limit` slots; what does not fit
+  is reported pending with the reason;
+- a deployment at zero replicas whose first replica would not fit now is reported too (pending
+  0), so that its requests are refused at once instead of waiting for a start that can't happen.
 """
 
 from __future__ import annotations
@@ -51,10 +54,12 @@ def plan(
     by_deploy: dict[str, list[ReplicaObservation]] = {}
     for o in sorted(observed, key=lambda o: o.replica_id):
         by_deploy.setdefault(o.deploy_id, []).append(o)
+    cpu_held = _cpu_slots_held(desired, observed, inventory)
 
     actions: list[Action] = []
     wanted = {d.deploy_id for d in desired}
-    for d in sorted(desired, key=lambda d: d.deploy_id):
+    ordered = sorted(desired, key=lambda d: d.deploy_id)
+    for d in ordered:
         actions += _plan_deployment(
             d,
             by_deploy.get(d.deploy_id, []),
@@ -64,7 +69,17 @@ def plan(
             now,
             policy,
             taken_ids,
+            cpu_held,
         )
+    # After every placement of this pass: what is free now is what a request would get.
+    for d in ordered:
+        live = any(o.state.live for o in by_deploy.get(d.deploy_id, []))
+        if d.desired_replicas <= 0 and not live and not _errored(failures.get(d.deploy_id), policy):
+            blocked = _first_replica_blocked(d, inventory, free, cpu_held)
+            if blocked is not None:
+                actions.append(
+                    ReportPending(d.deploy_id, 0, f"no replica can start now: {blocked}")
+                )
     for deploy_id in sorted(set(by_deploy) - wanted):
         for o in by_deploy[deploy_id]:
             action = _retire(o, "deployment stopped or deleted")
@@ -82,6 +97,7 @@ def _plan_deployment(
     now: float,
     policy: RestartPolicy,
     taken_ids: set[str],
+    cpu_held: dict[str, int],
 ) -> list[Action]:
     actions: list[Action] = []
     want = max(d.desired_replicas, 0)
@@ -92,7 +108,7 @@ def _plan_deployment(
     ]
     ready_current = sum(1 for o in current if o.state == ReplicaState.READY)
 
-    errored = history is not None and history.start_failures >= policy.max_start_failures
+    errored = _errored(history, policy)
     if errored:
         assert history is not None
         reason = history.last_fail_reason or "replicas repeatedly failed to start"
@@ -130,10 +146,11 @@ def _plan_deployment(
     per_replica = launch.devices_needed
     pool = free.get(launch.gpu_type, [])
     free_before = len(pool)
+    allowed = _cpu_allowance(d, cpu_held)
     placed = 0
     stamp = _base36(int(now * 1000))
     serial = 0
-    while placed < need and len(pool) >= per_replica:
+    while placed < need and len(pool) >= per_replica and (allowed is None or placed < allowed):
         devices = tuple(pool[:per_replica])
         del pool[:per_replica]
         replica_id = f"{d.deploy_id}-g{d.generation}-{stamp}-{serial}"
@@ -145,11 +162,15 @@ def _plan_deployment(
         actions.append(StartReplica(d.deploy_id, d.generation, replica_id, devices, launch))
         placed += 1
 
+    if allowed is not None:
+        cpu_held[d.owner] = cpu_held.get(d.owner, 0) + placed
     pending = need - placed
     if pending > 0:
-        reason = f"{pending} of {want} replicas pending: " + _shortage(
-            inventory, launch.gpu_type, per_replica, need, free_before
-        )
+        if allowed is not None and placed >= allowed:
+            why = _over_cpu_limit(d, cpu_held)
+        else:
+            why = _shortage(inventory, launch.gpu_type, per_replica, need, free_before)
+        reason = f"{pending} of {want} replicas pending: {why}"
         actions.append(ReportPending(d.deploy_id, pending, reason))
         # The old generation may be what holds the devices: make room one replica at a time,
         # and only while no new replica is on its way and no old one is already draining.
@@ -166,6 +187,57 @@ def _plan_deployment(
                     )
                 )
     return actions
+
+
+def _errored(history: FailureHistory | None, policy: RestartPolicy) -> bool:
+    return history is not None and history.start_failures >= policy.max_start_failures
+
+
+def _cpu_slots_held(
+    desired: Sequence[DesiredDeployment],
+    observed: Sequence[ReplicaObservation],
+    inventory: Inventory,
+) -> dict[str, int]:
+    """CPU slots each owner's replicas hold now (starting, ready or draining: a slot is taken
+    until its replica is observed gone, as for `Inventory.free`)."""
+    owners = {d.deploy_id: d.owner for d in desired if d.cpu_slot_limit is not None}
+    held: dict[str, int] = {}
+    for o in observed:
+        owner = owners.get(o.deploy_id)
+        if owner is None or not o.holds_devices:
+            continue
+        if any(inventory.type_of(dev) == CPU_TYPE for dev in o.devices):
+            held[owner] = held.get(owner, 0) + 1
+    return held
+
+
+def _cpu_allowance(d: DesiredDeployment, cpu_held: Mapping[str, int]) -> int | None:
+    """How many more CPU replicas the owner may start now; None when no limit applies."""
+    if d.launch.gpu_type != CPU_TYPE or d.cpu_slot_limit is None:
+        return None
+    return max(0, d.cpu_slot_limit - cpu_held.get(d.owner, 0))
+
+
+def _over_cpu_limit(d: DesiredDeployment, cpu_held: Mapping[str, int]) -> str:
+    held = cpu_held.get(d.owner, 0)
+    return f"{d.owner} already holds {_count(held, 'CPU slot')}, the limit per user"
+
+
+def _first_replica_blocked(
+    d: DesiredDeployment,
+    inventory: Inventory,
+    free: Mapping[str, list[str]],
+    cpu_held: Mapping[str, int],
+) -> str | None:
+    """Why a first replica of `d` could not start now, or None if it could."""
+    launch = d.launch
+    allowed = _cpu_allowance(d, cpu_held)
+    if allowed is not None and allowed < 1:
+        return _over_cpu_limit(d, cpu_held)
+    available = len(free.get(launch.gpu_type, []))
+    if available >= launch.devices_needed:
+        return None
+    return _shortage(inventory, launch.gpu_type, launch.devices_needed, 1, available)
 
 
 def _newest_not_ready_first(replicas: list[ReplicaObservation]) -> list[ReplicaObservation]:

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from modelhost.adapters.files import adapters_root
 from modelhost.domain.deployments import DEFAULT_MAX_ACTIVE_ADAPTERS
+from modelhost.domain.fair_share import cpu_slots_per_user, owner_cpu_limit
 from modelhost.domain.routing import ReplicaEndpoint
 from modelhost.domain.status import DesiredState, ReplicaCounts, StatusInputs, derive_status
 from modelhost.orchestrator.backends.base import Backend, ReplicaRecord, ReplicaStartSpec
@@ -24,6 +25,7 @@ from modelhost.orchestrator.launch import desired_deployment, preloaded_adapter_
 from modelhost.orchestrator.planner import plan, track_failures
 from modelhost.orchestrator.replica_rows import record_start, sync_rows
 from modelhost.orchestrator.types import (
+    CPU_TYPE,
     Action,
     DrainReplica,
     FailureHistory,
@@ -38,7 +40,7 @@ from modelhost.orchestrator.types import (
 from modelhost.services import Services
 from modelhost.store import deployments as store
 from modelhost.store.clock import utcnow
-from modelhost.store.tables import Deployment
+from modelhost.store.tables import Deployment, User
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +62,17 @@ class Reconciler:
     routing: RoutingSink
     policy: RestartPolicy
     clock: Callable[[], float] = time.time
+    # CPU slots one user's replicas may hold at once; None: half the server's, rounded up.
+    cpu_slots_per_user: int | None = None
     failures: dict[str, FailureHistory] = field(default_factory=dict)
     _prev_states: dict[str, ReplicaState] = field(default_factory=dict)
     _draining: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     _errored: set[str] = field(default_factory=set)
     _generations: dict[str, int] = field(default_factory=dict)
     last_observed: list[ReplicaObservation] = field(default_factory=list)
+    # Replicas per deployment that the last pass wanted but could not place (with
+    # last_observed: the autoscaler must not mistake them for replicas that are starting).
+    last_pending: dict[str, int] = field(default_factory=dict)
 
     # ---- start-up -----------------------------------------------------------------------
     def adopt(self) -> None:
@@ -111,9 +118,13 @@ class Reconciler:
         self.failures = track_failures(self.failures, self._prev_states, observed, self.policy)
         self._prev_states = {o.replica_id: o.state for o in observed}
         adapter_dir = str(adapters_root(self.services.settings.data_dir))
+        per_user = cpu_slots_per_user(
+            self.services.inventory.total(CPU_TYPE), self.cpu_slots_per_user
+        )
         with self.services.db.session() as s:
             deployments = store.live_deployments(s)
             owners = {d.id: store.owner_name(s, d) for d in deployments}
+            admins = {d.id: _is_admin(s, d) for d in deployments}
             sync_rows(s, observed)
             self._reset_failures(deployments)
             desired = [
@@ -125,6 +136,7 @@ class Reconciler:
                     self.services.settings.drain_timeout_s,
                     adapter_dir,
                     preloaded_adapter_ids(s, d),
+                    owner_cpu_limit(admins[d.id], per_user),
                 )
                 for d in deployments
                 if d.desired_state == DesiredState.RUNNING.value and d.fail_reason is None
@@ -133,6 +145,7 @@ class Reconciler:
         pending = await self._apply(actions)
         observed = self.backend.observe()
         self.last_observed = observed
+        self.last_pending = {d: n for d, (n, _) in pending.items() if n > 0}
         with self.services.db.session() as s:
             self._update_statuses(s, observed, pending)
         self.routing.publish(self._routing_table(observed))
@@ -220,6 +233,7 @@ class Reconciler:
                     o.state == ReplicaState.READY and o.generation == dep.generation for o in reps
                 ),
                 ever_started=dep.id in started,
+                pending=pending.get(dep.id, (0, None))[0],
             )
             status = derive_status(
                 StatusInputs(
@@ -272,3 +286,8 @@ class Reconciler:
     async def wait_drains(self) -> None:
         if self._draining:
             await asyncio.gather(*self._draining.values(), return_exceptions=True)
+
+
+def _is_admin(s: Session, dep: Deployment) -> bool:
+    owner = s.get(User, dep.owner_id)
+    return owner is not None and owner.is_admin

@@ -64,6 +64,10 @@ class DesiredDeployment:
     desired_replicas: int
     launch: LaunchSpec
     drain_timeout_s: float = 30.0
+    # Fair share of the CPU slots: the owner's CPU replicas (over all their deployments) may
+    # hold at most this many slots at once; None is no limit (GPUs have the reserved quota).
+    owner: str = ""
+    cpu_slot_limit: int | None = None
 
 
 @dataclass(frozen=True)
@@ -180,8 +184,10 @@ class MarkErrored:
 
 @dataclass(frozen=True)
 class ReportPending:
-    """Capacity is short: `pending` replicas of the deployment could not be placed. The planner
-    emits it only when pending > 0; no ReportPending for a deployment means nothing pending."""
+    """Capacity is short: `pending` replicas of the deployment could not be placed. `pending`
+    is 0 for a deployment at zero replicas whose first replica would not fit now (its requests
+    are refused at once rather than held for a cold start that cannot happen). No ReportPending
+    for a deployment means nothing is short."""
 
     deploy_id: str
     pending: int

@@ -13,14 +13,38 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+from modelhost.security.file_modes import private_file
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
 
+def _private_sqlite_files(url: str) -> None:
+    """Create the database file 0600 before SQLite does (it would use the umask, typically
+    0644); SQLite gives its -wal and -shm files the database file's mode. Existing files are
+    made 0600 too."""
+    database = make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    path = Path(database)
+    sides = [path.with_name(path.name + suffix) for suffix in ("-wal", "-shm", "-journal")]
+    try:
+        if not path.exists():
+            private_file(path)  # empty, which SQLite takes as a new database
+        for file in (path, *sides):
+            if file.is_file():
+                private_file(file)
+    except OSError:
+        # An unusable path (no such folder, not writable) is SQLite's to report when it
+        # first connects, as before.
+        return
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
+        _private_sqlite_files(url)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
         @event.listens_for(engine, "connect")

@@ -1,0 +1,131 @@
+"""A replica's SSE answer passed through to the client, chunk by chunk (never buffered whole).
+
+The response owns the request's replica slot (lease) and the upstream response from the moment
+it is built, and releases both however the stream ends: complete; the replica failing (a final
+error event); the client leaving (the upstream request is closed, so the engine cancels the
+sequence at once); or the server's drain cutting it (a final error event). It never ends as if
+complete when it is not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+import httpx
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from modelhost.errors import ModelhostError, UpstreamFailed
+from modelhost.gateway.drain import Drain, ShuttingDown, shutting_down
+
+Style = Literal["openai", "lorax"]
+
+
+def sse_error(err: ModelhostError, style: Style) -> bytes:
+    if style == "lorax":
+        # LoRAX's word for a stream cut short, so its client raises IncompleteGenerationError.
+        cut = isinstance(err, UpstreamFailed | ShuttingDown)
+        kind = "incomplete_generation" if cut else err.code
+        payload: dict[str, Any] = {"error": err.message, "error_type": kind or "error"}
+    else:
+        payload = {
+            "error": {
+                "message": err.message,
+                "type": err.error_type,
+                "param": err.param,
+                "code": err.code,
+            }
+        }
+    return f"data: {json.dumps(payload)}\n\n".encode()
+
+
+class ProxiedStream(Response):
+    media_type = "text/event-stream"
+
+    def __init__(
+        self,
+        upstream: httpx.Response,
+        *,
+        replica_id: str,
+        style: Style,
+        drain: Drain,
+        started: float,
+        on_first_byte: Callable[[float], None],
+        on_end: Callable[[int], None],
+        headers: Mapping[str, str],
+    ) -> None:
+        self.status_code = 200
+        self.background = None
+        self.init_headers(headers)
+        self._upstream = upstream
+        self._replica_id = replica_id
+        self._style: Style = style
+        self._drain = drain
+        self._started = started
+        self._on_first_byte = on_first_byte
+        self._on_end = on_end  # releases the lease and records the request; called once
+        self._status = 200
+        self._task: asyncio.Task[Any] | None = None
+        self._gone = False  # the client went away
+        self._done = False  # past the point where a hang-up may cancel us
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self._task = asyncio.current_task()
+        watcher = asyncio.ensure_future(self._watch(receive))
+        try:
+            await self._relay(send)
+        finally:
+            self._done = True
+            watcher.cancel()
+            try:
+                await self._upstream.aclose()
+            finally:
+                self._on_end(self._status)
+
+    async def _watch(self, receive: Receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        if not self._done and self._task is not None:
+            self._gone = True
+            self._task.cancel()
+
+    async def _relay(self, send: Send) -> None:
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            first = True
+            async for chunk in self._upstream.aiter_raw():
+                if first:
+                    first = False
+                    self._on_first_byte(time.monotonic() - self._started)
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            tail = b""
+        except asyncio.CancelledError:
+            if not self._only_ours():
+                raise
+            if self._gone:
+                return  # nobody to tell; closing the upstream request cancels the sequence
+            self._status = 503
+            tail = sse_error(shutting_down(), self._style)
+        except (httpx.TransportError, httpx.StreamError) as exc:
+            self._status = 502
+            err = UpstreamFailed(
+                f"replica {self._replica_id} failed mid-stream ({type(exc).__name__}); "
+                "the response is incomplete"
+            )
+            tail = sse_error(err, self._style)
+        self._done = True
+        await send({"type": "http.response.body", "body": tail, "more_body": False})
+
+    def _only_ours(self) -> bool:
+        """Withdraw our own cancellations (the client's hang-up, the drain's cut): True when
+        no one else cancelled us too."""
+        task = self._task
+        assert task is not None
+        if self._gone:
+            task.uncancel()
+        cut = self._drain.absorb()
+        return (self._gone or cut) and task.cancelling() == 0
