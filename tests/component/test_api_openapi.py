@@ -57,11 +57,16 @@ def test_error_responses_use_the_error_shape(spec: dict[str, Any]) -> None:
         for op in item.values():
             for status, response in op["responses"].items():
                 if status.startswith(("4", "5")):
-                    expected = "Lorax" if path.startswith("/deployments/") else "#/components/"
+                    # LoRAX's routes answer in its shape; per-deployment OpenAI routes in OpenAI's.
+                    lorax = path.startswith("/deployments/") and "/v1/" not in path
+                    expected = "LoraxErrorResponse" if lorax else "/ErrorResponse"
                     assert expected in schema_of(response), (path, status)
 
 
 ROUTES = [
+    ("post", "/v1/openai/chat/completions", {"400", "401", "404", "413", "429"}),
+    ("post", "/deployments/{username}/{model_name}", {"401", "404", "413", "422", "429"}),
+    ("get", "/deployments/{username}/{model_name}/health", {"401", "404", "429"}),
     ("post", "/v1/users", {"401", "403", "409", "413", "422", "429"}),
     ("get", "/v1/users", {"401", "403", "429"}),
     ("delete", "/v1/users/{username}", {"401", "403", "404", "422", "429"}),
@@ -123,3 +128,16 @@ def test_405_names_the_allowed_methods(
     assert r.json()["error"]["code"] == "method_not_allowed"
     named = {m.strip() for m in r.headers["allow"].split(",")}
     assert allowed <= named and method not in named
+
+
+def test_framework_errors_under_loraxs_base_url_use_loraxs_shape(live: Live) -> None:
+    # No such route under the base URL, and a method the route does not serve.
+    missing = live.client.get("/deployments/admin/x/nope", headers=auth(ADMIN_TOKEN))
+    assert missing.status_code == 404
+    assert missing.json() == {"error": "Not Found", "error_type": "not_found"}
+    wrong = live.client.get("/deployments/admin/x/generate", headers=auth(ADMIN_TOKEN))
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "POST"
+    assert wrong.json()["error_type"] == "method_not_allowed"
+    # The OpenAI routes under the same base keep OpenAI's shape.
+    openai = live.client.get("/deployments/admin/x/v1/completions", headers=auth(ADMIN_TOKEN))
+    assert openai.status_code == 405 and openai.json()["error"]["code"] == "method_not_allowed"

@@ -25,6 +25,20 @@ def error_body(
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
+def is_lorax_path(path: str) -> bool:
+    """LoRAX's per-deployment routes answer errors in LoRAX's shape; the OpenAI routes under the
+    same base (`.../v1/...`) in OpenAI's."""
+    return path.startswith("/deployments/") and "/v1/" not in path
+
+
+def _shaped(request: Request, body: dict[str, Any]) -> dict[str, Any]:
+    """`body` (the OpenAI shape) in the shape the route's clients parse."""
+    if not is_lorax_path(request.url.path):
+        return body
+    error = body["error"]
+    return {"error": error["message"], "error_type": error["code"] or error["type"]}
+
+
 def error_response(exc: ModelhostError) -> JSONResponse:
     headers = {}
     if exc.retry_after is not None:
@@ -106,16 +120,14 @@ def install(app: FastAPI) -> None:
         if exc.status_code == 405:
             headers["Allow"] = _allowed_methods(request)
         return JSONResponse(
-            error_body(str(exc.detail), "invalid_request_error", None, code),
+            _shaped(request, error_body(str(exc.detail), "invalid_request_error", None, code)),
             status_code=exc.status_code,
             headers=headers,
         )
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         # Logged with its traceback for the operator; the client sees no internals.
         log.exception("unhandled error")
-        return JSONResponse(
-            error_body("internal server error", "server_error", None, "internal_error"),
-            status_code=500,
-        )
+        body = error_body("internal server error", "server_error", None, "internal_error")
+        return JSONResponse(_shaped(request, body), status_code=500)

@@ -45,17 +45,46 @@ DESCRIPTIONS: dict[int, str] = {
     413: "request body over `max_body_bytes` (`payload_too_large`)",
     422: "invalid input (`validation_error`), the field in `param`",
     429: "too many failed authentications from this address (`auth_throttled`, `Retry-After`)",
+    502: "the replica died while answering (`replica_failed`)",
+    503: "stopped or errored deployment, no capacity, cold start or queue wait past its bound, "
+    "shutting down (`Retry-After`)",
+    504: "the engine did not answer in time (`engine_timeout`)",
+}
+INFERENCE_NOTES = {
+    400: "invalid inference request: not JSON, a bad or unknown parameter, over the context",
+    404: "unknown model or adapter, or another user's private one (`model_not_found`)",
+    413: "request body over `max_body_bytes` (`payload_too_large`)",
+    429: "the deployment's queue is full (`queue_full`), or too many failed authentications "
+    "(`auth_throttled`); both with `Retry-After`",
 }
 
 
-def errors(*statuses: int, notes: dict[int, str] | None = None) -> dict[int | str, dict[str, Any]]:
-    """`responses=` for a route: each status with the error schema, described by `notes` where
-    the route gives it for a reason of its own."""
+def errors(
+    *statuses: int, notes: dict[int, str] | None = None, lorax: bool = False
+) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for a route: each status with the error schema (LoRAX's on its routes),
+    described by `notes` where the route gives it for a reason of its own."""
     notes = notes or {}
+    model = LoraxErrorResponse if lorax else ErrorResponse
     return {
-        status: {"model": ErrorResponse, "description": notes.get(status, DESCRIPTIONS[status])}
+        status: {"model": model, "description": notes.get(status, DESCRIPTIONS[status])}
         for status in statuses
     }
+
+
+# The inference routes (OpenAI and LoRAX shapes): what the gateway and the engine answer.
+OPENAI_INFERENCE = errors(400, 404, 413, 429, 502, 503, 504, notes=INFERENCE_NOTES)
+LORAX_INFERENCE = errors(
+    404,
+    413,
+    422,
+    429,
+    502,
+    503,
+    504,
+    notes={**INFERENCE_NOTES, 422: "invalid request or a parameter the engine cannot honour"},
+    lorax=True,
+)
 
 
 def _ref(model: type[BaseModel]) -> dict[str, Any]:
@@ -85,7 +114,9 @@ def _decorate(spec: dict[str, Any]) -> dict[str, Any]:
     # Every documented route needs a token; either header will do.
     spec["security"] = [{"bearer": []}, {"xi-api-key": []}]
     for path, item in spec.get("paths", {}).items():
-        model = LoraxErrorResponse if path.startswith("/deployments/") else ErrorResponse
+        # LoRAX's own routes answer in its shape; the per-deployment OpenAI routes in OpenAI's.
+        lorax = path.startswith("/deployments/") and "/v1/" not in path
+        model = LoraxErrorResponse if lorax else ErrorResponse
         for operation in item.values():
             responses = operation.setdefault("responses", {})
             for status, response in list(responses.items()):

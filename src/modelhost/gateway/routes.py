@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, Response
 
 from modelhost.api.deps import bearer_token, resolve_principal
 from modelhost.api.errors import error_response
+from modelhost.api.openapi import LORAX_INFERENCE, OPENAI_INFERENCE, errors
 from modelhost.domain.status import DeploymentStatus, DesiredState
 from modelhost.errors import (
     InvalidRequest,
@@ -178,14 +179,14 @@ def _resolve(request: Request, who: Principal, model: str) -> Target:
         return resolve_model(s, who, model)
 
 
-@router.post("/v1/openai/chat/completions")
-@router.post("/v1/chat/completions")
+@router.post("/v1/openai/chat/completions", responses=OPENAI_INFERENCE)
+@router.post("/v1/chat/completions", responses=OPENAI_INFERENCE)
 async def chat_completions(request: Request) -> Response:
     return await _openai(request, "/v1/chat/completions")
 
 
-@router.post("/v1/openai/completions")
-@router.post("/v1/completions")
+@router.post("/v1/openai/completions", responses=OPENAI_INFERENCE)
+@router.post("/v1/completions", responses=OPENAI_INFERENCE)
 async def completions(request: Request) -> Response:
     return await _openai(request, "/v1/completions")
 
@@ -286,34 +287,37 @@ async def _lorax(request: Request, username: str, model_name: str, path: str) ->
         return error_response(shutting_down()) if openai_style else lorax_error(shutting_down())
 
 
-@router.post("/deployments/{username}/{model_name}")
+@router.post("/deployments/{username}/{model_name}", responses=LORAX_INFERENCE)
 async def lorax_compat(request: Request, username: str, model_name: str) -> Response:
     """LoRAX's compat route, the one its Python client calls: the engine's `POST /` answers a
     list of one object, or SSE when `stream` is true."""
     return await _lorax(request, username, model_name, "/")
 
 
-@router.post("/deployments/{username}/{model_name}/generate")
+@router.post("/deployments/{username}/{model_name}/generate", responses=LORAX_INFERENCE)
 async def lorax_generate(request: Request, username: str, model_name: str) -> Response:
     return await _lorax(request, username, model_name, "/generate")
 
 
-@router.post("/deployments/{username}/{model_name}/generate_stream")
+@router.post("/deployments/{username}/{model_name}/generate_stream", responses=LORAX_INFERENCE)
 async def lorax_generate_stream(request: Request, username: str, model_name: str) -> Response:
     return await _lorax(request, username, model_name, "/generate_stream")
 
 
-@router.post("/deployments/{username}/{model_name}/v1/chat/completions")
+@router.post("/deployments/{username}/{model_name}/v1/chat/completions", responses=OPENAI_INFERENCE)
 async def lorax_chat(request: Request, username: str, model_name: str) -> Response:
     return await _lorax(request, username, model_name, "/v1/chat/completions")
 
 
-@router.post("/deployments/{username}/{model_name}/v1/completions")
+@router.post("/deployments/{username}/{model_name}/v1/completions", responses=OPENAI_INFERENCE)
 async def lorax_completions(request: Request, username: str, model_name: str) -> Response:
     return await _lorax(request, username, model_name, "/v1/completions")
 
 
-@router.get("/deployments/{username}/{model_name}/health")
+@router.get(
+    "/deployments/{username}/{model_name}/health",
+    responses=errors(404, 503, notes={503: "no replica ready now (the code says why)"}, lorax=True),
+)
 async def lorax_health(request: Request, username: str, model_name: str) -> Response:
     """200 when a replica is ready to serve now, as LoRAX answers once its model is loaded.
     A deployment with none (scaled to zero, starting) is a 503 with Retry-After, although a
@@ -333,7 +337,7 @@ async def lorax_health(request: Request, username: str, model_name: str) -> Resp
     return JSONResponse({"status": "ok"})
 
 
-@router.get("/deployments/{username}/{model_name}/info")
+@router.get("/deployments/{username}/{model_name}/info", responses=errors(404, lorax=True))
 async def lorax_info(request: Request, username: str, model_name: str) -> Response:
     try:
         target = await _deployment(request, username, model_name)
