@@ -90,15 +90,28 @@ def test_a_declared_length_over_the_cap_is_413_before_the_body(
     is_error(body, "payload_too_large")
 
 
-def test_a_chunked_body_is_cut_at_the_cap(live: Live) -> None:
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/api-tokens",
+        # The gateway's inference routes count a chunked body as it arrives too.
+        "/v1/openai/chat/completions",
+        "/deployments/admin/none/generate",
+        "/deployments/admin/none",
+    ],
+)
+def test_a_chunked_body_is_cut_at_the_cap(live: Live, path: str) -> None:
     # Chunks past the cap and no final chunk: the server must answer while the body is
     # still "arriving", so it cannot have waited to read it all.
     chunk = b"x" * 8192
     parts = [b"%x\r\n%s\r\n" % (len(chunk), chunk)] * (LIMIT // len(chunk) + 1)
-    head = post_head(live, "/v1/api-tokens", "Transfer-Encoding: chunked")
+    head = post_head(live, path, "Transfer-Encoding: chunked")
     status, _, body = raw_exchange(live.url, head, parts)
     assert status == 413
-    is_error(body, "payload_too_large")
+    if path.startswith("/deployments/"):
+        assert json.loads(body)["error_type"] == "payload_too_large"
+    else:
+        is_error(body, "payload_too_large")
 
 
 def test_bodies_under_the_cap_reach_the_route(live: Live) -> None:

@@ -140,3 +140,37 @@ def test_one_user_cannot_take_every_cpu_slot(small_server: ServeProcess) -> None
     bob = create_as("bob", "three")
     wait_status(server, bob, "ready")
     assert chat(server, "bob/three", tokens["bob"]).status_code == 200
+
+
+def test_a_rolling_update_with_no_spare_slot_holds_requests_instead_of_refusing(
+    tmp_path: Path,
+) -> None:
+    """The only CPU slot is the deployment's own: the new replica can only start on the slot
+    the old one frees, so the old one drains first. Requests meanwhile are held for the new
+    replica (the deployment is `updating`), not refused for capacity."""
+    server = ServeProcess(tmp_path / "data", ["--cpu-slots", "1"])
+    try:
+        dep = create(server, "solo", gpu="CPU", engine_args=["--tpot-ms", "5"])
+        wait_status(server, dep["deploy_id"], "ready")
+        assert chat(server, "admin/solo").status_code == 200
+        put = {"config": {"engine_args": ["--tpot-ms", "6"]}}
+        r = server.client.put(f"/deploy/{dep['deploy_id']}", json=put)
+        assert r.status_code == 200, r.text
+        statuses = []
+        replicas = set()
+
+        # Requests until a replica of the new config has answered (bounded by the wait below).
+        def new_replica_served() -> bool:
+            response = chat(server, "admin/solo")
+            statuses.append(response.status_code)
+            replicas.add(response.headers.get("x-replica", ""))
+            return "-g2-" in response.headers.get("x-replica", "")
+
+        wait_until(new_replica_served, timeout=120, interval=0.05, what="the new replica")
+        assert set(statuses) == {200}, statuses
+        changes = [e["message"] for e in events(server, dep["deploy_id"]) if e["kind"] == "status"]
+        # After the first start (pending -> initializing -> ready), never pending again.
+        after_start = changes[changes.index("initializing -> ready") :]
+        assert not any(c.endswith("-> pending") for c in after_start), changes
+    finally:
+        server.stop()

@@ -181,6 +181,7 @@ INVALID: list[tuple[str, str, dict[str, Any]]] = [
     ("chat", "/v1/chat/completions", {"n": 2}),
     ("chat", "/v1/chat/completions", {"frobnicate": True}),
     ("chat", "/v1/chat/completions", {"temperature": "hot"}),
+    ("chat", "/v1/chat/completions", {"stream": "yes"}),
     ("chat", "/v1/chat/completions", {"temperature": 3}),
     ("chat", "/v1/chat/completions", {"top_p": 0}),
     ("chat", "/v1/chat/completions", {"stop": STOPS}),
@@ -209,6 +210,7 @@ INVALID: list[tuple[str, str, dict[str, Any]]] = [
     ("lorax", "/generate", {"parameters": {"stop": STOPS}}),
     ("lorax", "/generate", {"parameters": {"frobnicate": 1}}),
     ("lorax", "/generate", {"extra": 1}),
+    ("lorax", "/generate", {"stream": "yes"}),
     ("lorax_chat", "/v1/chat/completions", {"max_tokens": 0}),
 ]
 BASES: dict[str, dict[str, Any]] = {
@@ -262,6 +264,21 @@ def test_invalid_requests_are_refused_before_they_start_a_replica(server: ServeP
         engine = httpx.post(f"http://127.0.0.1:{port}{engine_path}", json=body, timeout=30)
         assert (r.status_code, r.json()) == (engine.status_code, engine.json()), (kind, change)
         assert r.status_code == (422 if kind == "lorax" else 400), (kind, change, r.text)
+
+    # Nested deeper than the engine's JSON parser allows (200 levels) but far less than
+    # Python's: refused by the gateway with the same parser, not forwarded.
+    for kind, path in gateway_paths.items():
+        nested = "[" * 300 + "]" * 300
+        raw = json.dumps(_body(kind, {"model": "admin/idle"} if kind != "lorax" else {}))
+        raw = raw[:-1] + f', "metadata": {nested}}}'
+        r = httpx.post(
+            server.url + path,
+            content=raw,
+            headers={**HEADERS, "content-type": "application/json"},
+            timeout=30,
+        )
+        assert r.status_code == (422 if kind == "lorax" else 400), (kind, r.text)
+        assert "nested too deeply" in r.text, (kind, r.text)
 
     assert gateway_gauge(server, "modelhost_held_cold").get(idle_id, 0.0) == 0
     assert [e for e in events(server, idle_id) if e["kind"] == "replica_starting"] == starts

@@ -24,10 +24,12 @@ def rc(  # type: ignore[no-untyped-def]
     ready_current: int | None = None,
     ever: bool = True,
     pending: int = 0,
+    draining: int = 0,
 ):
     return ReplicaCounts(
         ready=ready,
         starting=starting,
+        draining=draining,
         ready_current=ready if ready_current is None else ready_current,
         ever_started=ever,
         pending=pending,
@@ -41,6 +43,17 @@ CASES = [
     ("one ready", D.RUNNING, 1, rc(ready=1), None, S.READY),
     ("ready while scaling up", D.RUNNING, 3, rc(ready=1, starting=2), None, S.READY),
     ("scaled to zero", D.RUNNING, 0, rc(), None, S.STANDBY),
+    ("scaling to zero, last replica draining", D.RUNNING, 0, rc(draining=1), None, S.STANDBY),
+    # A rolling replacement with no spare device: the old replica drains before the new one
+    # can take its device. Updating (held), not pending for capacity (refused).
+    (
+        "rolling with no spare device: old draining, new waits for its device",
+        D.RUNNING,
+        1,
+        rc(draining=1, pending=1),
+        None,
+        S.UPDATING,
+    ),
     ("waking from zero", D.RUNNING, 1, rc(starting=1), None, S.INITIALIZING),
     ("restarting after crash backoff", D.RUNNING, 1, rc(), None, S.INITIALIZING),
     ("start failed", D.RUNNING, 1, rc(), "could not download x", S.ERRORED),

@@ -50,10 +50,14 @@ from modelhost.store.users import Principal
 router = APIRouter()
 
 ALL_STATUSES = {s.value for s in DeploymentStatus}
-QUOTA = {403: "over the owner's GPU quota (`gpu_quota_exceeded`)"}
+QUOTA = {
+    403: "over the owner's GPU quota (`gpu_quota_exceeded`), or a CPU floor over the per-user "
+    "CPU share (`cpu_quota_exceeded`)"
+}
 CREATE_NOTES = {
-    403: "over your GPU quota (`gpu_quota_exceeded`), or `local` weights without the right "
-    "to name server paths (`local_source_forbidden`)",
+    403: "over your GPU quota (`gpu_quota_exceeded`), a CPU floor over the per-user CPU share "
+    "(`cpu_quota_exceeded`), or `local` weights / `--cache-dir` without the right to name "
+    "server paths (`local_source_forbidden`)",
     409: "you have a deployment or adapter of this name (`name_in_use`)",
 }
 

@@ -72,6 +72,11 @@ def derive_status(inp: StatusInputs) -> DeploymentStatus:
         return DeploymentStatus.INITIALIZING
     if inp.desired_replicas == 0:
         return DeploymentStatus.STANDBY
+    if r.draining > 0:
+        # Replicas wanted, none ready or starting, but one of its own is still draining: a
+        # rolling replacement with no spare device stops the old replica first and starts the
+        # new one on the device it frees. Requests are held for it, not refused for capacity.
+        return DeploymentStatus.UPDATING
     # Wanted replicas but none live: waiting for capacity, or nothing started yet, are pending;
     # a replica that ran and is waiting out its restart backoff is initializing again.
     if r.pending > 0 or not r.ever_started:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 
 class _Strict(BaseModel):
@@ -47,4 +47,4 @@ class LoraxParameters(_Strict):
 class LoraxRequest(_Strict):
     inputs: str = Field(min_length=1)
     parameters: LoraxParameters | None = None
-    stream: bool | None = False
+    stream: StrictBool | None = False  # "yes" is not a boolean: refused, not guessed

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 MAX_STOP_SEQUENCES = 16
 
@@ -44,7 +44,7 @@ class ChatMessageIn(_Strict):
 
 class _SamplingFields(_Strict):
     model: str = ""
-    stream: bool | None = False
+    stream: StrictBool | None = False  # "yes" is not a boolean: refused, not guessed
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)

@@ -7,13 +7,19 @@ import asyncio
 import json
 from typing import Any
 
+import pydantic_core
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from modelhost.api.deps import bearer_token, resolve_principal
 from modelhost.api.errors import error_response
 from modelhost.api.openapi import LORAX_INFERENCE, OPENAI_INFERENCE, errors
-from modelhost.domain.status import DeploymentStatus, DesiredState
+from modelhost.domain.status import (
+    NO_CAPACITY_RETRY_AFTER_S,
+    DeploymentStatus,
+    DesiredState,
+    refuses_for_capacity,
+)
 from modelhost.errors import (
     InvalidRequest,
     ModelhostError,
@@ -68,18 +74,26 @@ def lorax_error(exc: ModelhostError) -> JSONResponse:
 
 
 async def _body(request: Request, limit: int) -> dict[str, Any]:
+    """The JSON object of the request, read up to `limit` bytes (a chunked body is counted as
+    it arrives, so no more than the cap is ever held), parsed by the same parser and with the
+    same nesting limit as the engine's: what passes here, the engine can read."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"request body over {limit} bytes")
-    raw = await request.body()
-    if len(raw) > limit:
-        raise PayloadTooLarge(f"request body over {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body over {limit} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
     try:
-        body = json.loads(raw or b"null")
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidRequest("the request body is not valid JSON") from None
-    except RecursionError:
-        raise InvalidRequest("the request body is not valid JSON: nested too deeply") from None
+        body = pydantic_core.from_json(raw or b"null")
+    except ValueError as exc:
+        nested = "recursion limit" in str(exc)
+        reason = ": nested too deeply" if nested else ""
+        raise InvalidRequest(f"the request body is not valid JSON{reason}") from None
     if not isinstance(body, dict):
         raise InvalidRequest("the request body must be a JSON object")
     return body
@@ -92,9 +106,6 @@ async def _principal(request: Request) -> Principal:
 
 
 def _check_servable(target: Target) -> None:
-    # Local import: the rest of this module is being edited in parallel (hoist when merged).
-    from modelhost.domain.status import NO_CAPACITY_RETRY_AFTER_S, refuses_for_capacity
-
     if target.desired_state == DesiredState.STOPPED.value:
         raise Unavailable(
             f"deployment {target.full_name} is stopped; start it with "

@@ -246,6 +246,9 @@ class Reconciler:
             n_pending, reason = pending.get(dep.id, (0, None))
             if dep.desired_state != DesiredState.RUNNING.value:
                 n_pending, reason = 0, None
+            elif reason and counts.draining:
+                # The device it waits for is held by its own replica being replaced.
+                reason = f"waiting for a replica being replaced to stop ({reason})"
             if status != dep.status:
                 store.add_event(s, dep.id, "status", f"{dep.status} -> {status}")
                 dep.status = status
