@@ -171,6 +171,9 @@ def test_a_rolling_update_with_no_spare_slot_holds_requests_instead_of_refusing(
         changes = [e["message"] for e in events(server, dep["deploy_id"]) if e["kind"] == "status"]
         # After the first start (pending -> initializing -> ready), never pending again.
         after_start = changes[changes.index("initializing -> ready") :]
-        assert not any(c.endswith("-> pending") for c in after_start), changes
+        assert not any(c.endswith("-> pending") for c in after_start), (
+            changes,
+            [(e["kind"], e["message"]) for e in events(server, dep["deploy_id"])],
+        )
     finally:
         server.stop()

@@ -143,11 +143,11 @@ class Reconciler:
             ]
         actions = plan(desired, observed, self.services.inventory, self.failures, now, self.policy)
         pending = await self._apply(actions)
-        observed = self.backend.observe()
+        planned, observed = observed, self.backend.observe()
         self.last_observed = observed
         self.last_pending = {d: n for d, (n, _) in pending.items() if n > 0}
         with self.services.db.session() as s:
-            self._update_statuses(s, observed, pending)
+            self._update_statuses(s, observed, pending, planned)
         self.routing.publish(self._routing_table(observed))
         # Forget only what was already terminal when failures were counted: a replica that
         # failed since then is counted on the next pass, then forgotten.
@@ -218,17 +218,26 @@ class Reconciler:
         s: Session,
         observed: Sequence[ReplicaObservation],
         pending: Mapping[str, tuple[int, str]],
+        planned: Sequence[ReplicaObservation] = (),
     ) -> None:
+        """`pending` was planned from `planned`, an observation taken before this pass's
+        actions; `observed` is taken after them. A replica that finished draining in between
+        freed its device too late for this pass's plan: it still counts as draining here, so
+        the deployment reads as being replaced (requests held), not as short of capacity."""
         by_dep: dict[str, list[ReplicaObservation]] = {}
         for o in observed:
             by_dep.setdefault(o.deploy_id, []).append(o)
+        draining_ids: dict[str, set[str]] = {}
+        for o in (*planned, *observed):
+            if o.state == ReplicaState.DRAINING:
+                draining_ids.setdefault(o.deploy_id, set()).add(o.replica_id)
         started = store.deployments_with_replicas(s)
         for dep in store.live_deployments(s):
             reps = by_dep.get(dep.id, [])
             counts = ReplicaCounts(
                 ready=sum(o.state == ReplicaState.READY for o in reps),
                 starting=sum(o.state == ReplicaState.STARTING for o in reps),
-                draining=sum(o.state == ReplicaState.DRAINING for o in reps),
+                draining=len(draining_ids.get(dep.id, ())),
                 ready_current=sum(
                     o.state == ReplicaState.READY and o.generation == dep.generation for o in reps
                 ),
