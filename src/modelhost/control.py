@@ -14,11 +14,14 @@ from collections.abc import Awaitable, Callable
 
 from prometheus_client import CollectorRegistry, Counter
 
+from modelhost.adapters.files import adapters_root
 from modelhost.autoscale_glue import AutoscaleGlue, monotonic_now
 from modelhost.autoscaler.loop import Autoscaler
 from modelhost.gateway.core import Gateway
 from modelhost.orchestrator.backends.base import Backend
+from modelhost.orchestrator.ports import SystemClock
 from modelhost.orchestrator.reconciler import Reconciler
+from modelhost.orchestrator.store_adapter import SqlDesiredState
 from modelhost.orchestrator.types import RestartPolicy
 from modelhost.services import Services
 from modelhost.store import deployments as store
@@ -60,23 +63,31 @@ class ControlLoops:
         self.reconciler: Reconciler | None = None
 
     def attach_gateway(self, gateway: Gateway) -> None:
-        s = self.services.settings
+        services, s = self.services, self.services.settings
         self._gateway = gateway
         self.reconciler = Reconciler(
-            self.services,
-            self.backend,
-            gateway,
-            RestartPolicy(
+            backend=self.backend,
+            routing=gateway,
+            store=SqlDesiredState(
+                services.db,
+                services.catalog,
+                services.secrets,
+                adapter_dir=str(adapters_root(s.data_dir)),
+            ),
+            inventory=services.inventory,
+            clock=SystemClock(),
+            policy=RestartPolicy(
                 backoff_base_s=s.restart_backoff_base_s,
                 backoff_max_s=s.restart_backoff_max_s,
                 max_start_failures=s.max_start_failures,
             ),
+            drain_timeout_s=s.drain_timeout_s,
             cpu_slots_per_user=s.cpu_slots_per_user,
         )
 
     async def start(self) -> None:
         assert self.reconciler is not None and self._gateway is not None
-        await asyncio.to_thread(self.reconciler.adopt)
+        await self.reconciler.adopt()
         s = self.services.settings
         self._spawn("reconciler", self.reconciler.run_once, s.reconcile_interval_s, wake=True)
         glue = AutoscaleGlue(self.services, self._gateway, self.reconciler)
@@ -125,6 +136,8 @@ class ControlLoops:
             await self.reconciler.wait_drains()
         grace = self.services.settings.shutdown_grace_s
         await asyncio.to_thread(self.backend.close, True, grace)
+        if self.reconciler is not None:
+            await asyncio.to_thread(self.reconciler.close)
 
     # ---- the activator's hook -------------------------------------------------------------
     def on_demand(self, deploy_id: str) -> None:

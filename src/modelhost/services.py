@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from modelhost.catalog import CatalogModel, build_catalog
 from modelhost.config import Settings
+from modelhost.directory.live import Directory
 from modelhost.security.secretbox import SecretBox
 from modelhost.store.db import Database
 from modelhost.store.token_usage import TokenUsage
@@ -27,6 +28,8 @@ class Services:
     catalog: dict[str, CatalogModel]
     inventory: Inventory
     token_usage: TokenUsage
+    # What the request path reads instead of the database (tokens, deployments, adapters).
+    directory: Directory
     _loop: asyncio.AbstractEventLoop | None = None
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -55,6 +58,8 @@ def build_services(settings: Settings) -> Services:
     db = Database(settings.sqlalchemy_url)
     db.migrate()
     secret = settings.secret_key.get_secret_value() if settings.secret_key else None
+    directory = Directory(db)
+    directory.refresh()
     return Services(
         settings=settings,
         db=db,
@@ -64,4 +69,5 @@ def build_services(settings: Settings) -> Services:
             settings.gpus, settings.cpu_slots, nvidia=settings.discover_gpus
         ),
         token_usage=TokenUsage(db),
+        directory=directory,
     )

@@ -1,5 +1,6 @@
 """A real modelhost API server for SDK and CLI tests: the lead's app, on SQLite in a temp data
-dir, served by uvicorn in a background thread on a free 127.0.0.1 port.
+dir, served by uvicorn in a background thread on a free 127.0.0.1 port. Its replicas run
+in-process (no engine process) unless `real_engines` asks for the local backend.
 
 The SDK is synchronous httpx, and httpx.ASGITransport only drives async clients, so the
 tests talk to a real socket instead (the same code path users hit).
@@ -18,6 +19,7 @@ from pathlib import Path
 import uvicorn
 
 from modelhost.api.app import create_app
+from tests.component.inprocess_engines import InProcessBackend
 from tests.conftest import ADMIN_TOKEN, make_settings
 
 STARTUP_DEADLINE_S = 60.0
@@ -58,10 +60,10 @@ def serve_app(app: object) -> Iterator[str]:
 
 
 @contextmanager
-def modelhost_server(data_dir: Path) -> Iterator[LiveServer]:
+def modelhost_server(data_dir: Path, *, real_engines: bool = False) -> Iterator[LiveServer]:
     """The real control plane with a known admin token, virtual GPUs and no GPU discovery."""
     # The suite's fast-test settings (short drains, quick probes), with 4 virtual A100s.
     settings = make_settings(data_dir, gpus="A100-80GB:4", reconcile_interval_s=0.1)
-    app = create_app(settings)
+    app = create_app(settings, backend=None if real_engines else InProcessBackend())
     with serve_app(app) as url:
         yield LiveServer(url=url, admin_token=ADMIN_TOKEN, data_dir=data_dir)

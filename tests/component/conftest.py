@@ -1,4 +1,5 @@
-"""Component fixtures: the whole app in-process (lifespan included) via Starlette's TestClient."""
+"""Component fixtures: the whole app in-process (lifespan included) via Starlette's TestClient,
+its replicas run by the in-process backend (no engine process)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from starlette.testclient import TestClient
 
 from modelhost.api.app import create_app
 from modelhost.config import Settings
+from tests.component.inprocess_engines import InProcessBackend
 from tests.conftest import ADMIN_TOKEN, auth
 
 
@@ -31,6 +33,6 @@ class Api:
 
 @pytest.fixture
 def api(settings: Settings) -> Iterator[Api]:
-    app = create_app(settings)
+    app = create_app(settings, backend=InProcessBackend())
     with TestClient(app, raise_server_exceptions=False) as client:
         yield Api(client)

@@ -1,5 +1,6 @@
 """The whole app (create_app, lifespan included) behind a real uvicorn server on 127.0.0.1,
-for tests that need real HTTP: raw sockets, chunked bodies, client addresses, headers."""
+for tests that need real HTTP: raw sockets, chunked bodies, client addresses, headers. Replicas
+run in-process (no engine process) unless `real_engines` asks for the local backend."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from modelhost.api.app import create_app
 from modelhost.config import Settings
 from modelhost.services import Services
 from tests.component._live_server import serve_app
+from tests.component.inprocess_engines import InProcessBackend
 from tests.conftest import ADMIN_TOKEN, auth
 
 # A bound against a server that never answers, not a performance assertion.
@@ -40,8 +42,8 @@ class Live:
 
 
 @contextmanager
-def live_app(settings: Settings) -> Iterator[Live]:
-    app = create_app(settings)
+def live_app(settings: Settings, *, real_engines: bool = False) -> Iterator[Live]:
+    app = create_app(settings, backend=None if real_engines else InProcessBackend())
     with serve_app(app) as url, httpx.Client(base_url=url, timeout=SOCKET_TIMEOUT_S) as client:
         yield Live(url, client, app)
 

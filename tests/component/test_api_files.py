@@ -1,5 +1,6 @@
 """The data dir is 0700 and the files that hold secrets 0600: created so, and fixed at start
-when an earlier run left them readable by others."""
+when an earlier run left them readable by others. (`modelhost serve` as a process:
+tests/e2e/test_serve_data_dir.py.)"""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import stat
 from pathlib import Path
 
 from modelhost.api.app import create_app
+from tests.component.inprocess_engines import InProcessBackend
 from tests.component.live_app import live_app
-from tests.conftest import ADMIN_TOKEN, ServeProcess, auth, make_settings
+from tests.conftest import auth, make_settings
 
 SECRET_FILES = ("modelhost.db", "modelhost.db-wal", "modelhost.db-shm", "secret.key")
 
@@ -41,7 +43,7 @@ def test_a_new_data_dir_is_private(tmp_path: Path) -> None:
 
 def test_files_left_readable_are_fixed_at_start(tmp_path: Path) -> None:
     settings = make_settings(tmp_path / "data", admin_token=None)
-    create_app(settings).state.services.db.close()
+    create_app(settings, backend=InProcessBackend()).state.services.db.close()
     data = settings.data_dir
     present = tuple(p.name for p in data.iterdir())
     assert {"modelhost.db", "secret.key", "admin-token"} <= set(present)
@@ -50,16 +52,3 @@ def test_files_left_readable_are_fixed_at_start(tmp_path: Path) -> None:
         path.chmod(0o644)
     with live_app(settings):
         assert_private(data, present)
-
-
-def test_modelhost_serve_keeps_its_data_dir_private(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    data.mkdir(mode=0o755)
-    data.chmod(0o755)
-    server = ServeProcess(data, ["--gpus", "A100-80GB:1"])
-    try:
-        r = server.client.post("/v1/api-tokens", json={"name": "x"})
-        assert r.status_code == 201 and server.client.headers["authorization"].endswith(ADMIN_TOKEN)
-        assert_private(data, (*SECRET_FILES, "serve.lock"))
-    finally:
-        server.stop()

@@ -75,10 +75,11 @@ def test_generated_admin_token_file_is_private(tmp_path) -> None:  # type: ignor
     from starlette.testclient import TestClient
 
     from modelhost.api.app import create_app
+    from tests.component.inprocess_engines import InProcessBackend
     from tests.conftest import make_settings
 
     settings = make_settings(tmp_path / "d", admin_token=None)
-    app = create_app(settings)
+    app = create_app(settings, backend=InProcessBackend())
     path = settings.data_dir / "admin-token"
     token = path.read_text().strip()
     assert token == app.state.admin_token and token.startswith("mh_")

@@ -5,8 +5,6 @@ from __future__ import annotations
 import itertools
 import socket
 from collections.abc import Iterator
-from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
@@ -167,42 +165,3 @@ def test_private_deployments_are_404_to_others(alice: Client, admin: Client) -> 
             info.value.message
         )
     alice.delete_deployment(dep.deploy_id)
-
-
-def test_running_simulator_replica_chat_and_logs(alice: Client, tmp_path: Path) -> None:
-    """A real replica (the simulator engine) end to end through the SDK."""
-    started = datetime.now(UTC)
-    dep = alice.create_llm(
-        next(_names),
-        engine="simulator",
-        settings={"min_instances": 1, "max_instances": 1},
-    )
-    try:
-        dep = alice.wait_until_settled(dep.deploy_id, timeout=120, poll_interval=0.2)
-        assert dep.status == "ready", (dep, alice.events(dep.deploy_id))
-        assert dep.instances.running == 1
-
-        deltas = list(
-            alice.chat_stream(dep.full_name, [{"role": "user", "content": "hello"}], max_tokens=8)
-        )
-        text = "".join(d.content for d in deltas)
-        assert text and any(d.finish_reason for d in deltas)
-
-        reply = alice.openai().chat.completions.create(
-            model=dep.full_name, messages=[{"role": "user", "content": "hi"}], max_tokens=4
-        )
-        assert reply.choices[0].message.content
-
-        stream = alice.follow_logs(dep.deploy_id)
-        first = next(stream)
-        stream.close()
-        assert first.replica and isinstance(first.line, str) and first.ts is not None
-        assert alice.logs(dep.deploy_id, limit=5)
-        # Every line carries the time it was written, in order, from this test's run.
-        entries = alice.logs(dep.deploy_id, limit=500)
-        assert entries[0].line.startswith("[modelhost] starting replica")
-        times = [e.ts for e in entries]
-        assert all(ts is not None and started <= ts <= datetime.now(UTC) for ts in times), times
-        assert times == sorted(times)  # type: ignore[type-var]
-    finally:
-        alice.delete_deployment(dep.deploy_id)

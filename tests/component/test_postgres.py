@@ -7,6 +7,7 @@ from pathlib import Path
 from starlette.testclient import TestClient
 
 from modelhost.api.app import create_app
+from tests.component.inprocess_engines import InProcessBackend
 from tests.conftest import ADMIN_TOKEN, auth, make_settings
 from tests.pg import pg_url  # noqa: F401  (fixture)
 
@@ -14,7 +15,7 @@ from tests.pg import pg_url  # noqa: F401  (fixture)
 def test_control_plane_on_postgres_survives_restart(tmp_path: Path, pg_url: str) -> None:  # noqa: F811
     settings = make_settings(tmp_path / "data", database_url=pg_url)
     assert settings.sqlalchemy_url.startswith("postgresql+psycopg://")
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings, backend=InProcessBackend())) as client:
         r = client.post("/v1/users", json={"username": "alice"}, headers=auth(ADMIN_TOKEN))
         assert r.status_code == 201
         alice = r.json()["token"]
@@ -31,7 +32,7 @@ def test_control_plane_on_postgres_survives_restart(tmp_path: Path, pg_url: str)
         # The partial unique index frees the name on delete, on PostgreSQL too.
         assert client.post(f"/deploy/{deploy_id}/stop", headers=auth(alice)).status_code == 200
     # A new server process on the same database: nothing lost.
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings, backend=InProcessBackend())) as client:
         me = client.get("/v1/me", headers=auth(alice))
         assert me.status_code == 200 and me.json()["username"] == "alice"
         dep = client.get(f"/deploy/{deploy_id}", headers=auth(alice)).json()

@@ -1,11 +1,14 @@
 """The local backend with real processes on 127.0.0.1: start, probe, crash, drain, adopt.
 
 Most tests run `fake_engine.py` (a tiny stdlib HTTP server) so they exercise process handling
-alone; `test_simulator_*` run the real simulator engine through the real runtime.
+alone; `test_simulator_*` run the real simulator engine through the real runtime. The last tests
+drive the real reconciler over this backend (its other seams faked in memory); the reconciler's
+rules themselves are unit-tested in tests/unit/test_reconciler.py.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -21,22 +24,16 @@ from modelhost.orchestrator.backends.base import ReplicaRecord, ReplicaStartSpec
 from modelhost.orchestrator.backends.local import LocalBackend
 from modelhost.orchestrator.backends.local_process import proc_start_ticks, proc_stat
 from modelhost.orchestrator.inventory import Device, Inventory
-from modelhost.orchestrator.planner import plan, track_failures
+from modelhost.orchestrator.reconciler import Reconciler
 from modelhost.orchestrator.types import (
-    Action,
-    DesiredDeployment,
-    DrainReplica,
-    FailureHistory,
     LaunchSpec,
-    MarkErrored,
     ReplicaObservation,
     ReplicaState,
     RestartPolicy,
-    StartReplica,
-    StopReplica,
 )
 from modelhost.runtimes import Runtime, RuntimeConfigError, resolve
 from modelhost.runtimes.base import base_env
+from tests.orchestrator_fakes import FakeRouting, MemoryStore, Row
 
 pytestmark = pytest.mark.e2e
 
@@ -387,79 +384,76 @@ def test_simulator_fail_start_reason(tmp_path: Path, pids: list[int]) -> None:
         backend.close()
 
 
-def run_loop(
-    backend: LocalBackend,
-    desired: list[DesiredDeployment],
-    until: Callable[[list[Action], list[ReplicaObservation]], bool],
-    policy: RestartPolicy,
-) -> tuple[list[Action], list[StartReplica]]:
-    """A minimal reconciler: observe, fold failures, plan, apply; until `until` holds."""
-    failures: dict[str, FailureHistory] = {}
-    previous: dict[str, ReplicaState] = {}
-    started: list[StartReplica] = []
+async def reconcile_until(reconciler: Reconciler, done: Callable[[], bool], what: str) -> None:
+    """Run the real reconciler's passes until `done()`; WAIT_S guards against a hang."""
     deadline = time.monotonic() + WAIT_S
-    while time.monotonic() < deadline:
-        observed = backend.observe()
-        failures = track_failures(failures, previous, observed, policy)
-        previous = {o.replica_id: o.state for o in observed}
-        actions = plan(desired, observed, INV, failures, time.time(), policy)
-        if until(actions, observed):
-            return actions, started
-        for a in actions:
-            if isinstance(a, StartReplica):
-                started.append(a)
-                backend.start(ReplicaStartSpec.from_action(a))
-            elif isinstance(a, DrainReplica | StopReplica):
-                backend.stop(a.replica_id)
-        time.sleep(0.02)
-    raise AssertionError(f"loop never settled; observed {backend.observe()}")
+    while not done():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"never {what}; observed {reconciler.backend.observe()}")
+        await reconciler.run_once()
+        await asyncio.sleep(0.02)
 
 
-def test_repeated_start_failures_end_errored_with_the_engine_reason(
+def make_reconciler(backend: LocalBackend, store: MemoryStore, policy: RestartPolicy) -> Reconciler:
+    return Reconciler(
+        backend=backend,
+        routing=FakeRouting(),
+        store=store,
+        inventory=INV,
+        policy=policy,
+        drain_timeout_s=5.0,
+    )
+
+
+async def test_repeated_start_failures_end_errored_with_the_engine_reason(
     tmp_path: Path, pids: list[int]
 ) -> None:
     msg = "could not download meta-llama/Llama-2-7b-chat-hf: no network access to the Hub"
-    launch = spec("x", "--fail-start", msg, engine="simulator").launch
     policy = RestartPolicy(backoff_base_s=0.05, backoff_max_s=0.2, max_start_failures=3)
     backend = make_backend(tmp_path)
+    store = MemoryStore()
+    row = store.add(Row("dep1", engine="simulator", engine_args=("--fail-start", msg)))
+    reconciler = make_reconciler(backend, store, policy)
     try:
-        actions, started = run_loop(
-            backend,
-            [DesiredDeployment("dep1", 1, 1, launch)],
-            lambda actions, _: any(isinstance(a, MarkErrored) for a in actions),
-            policy,
-        )
-        assert actions == [MarkErrored("dep1", msg)]
-        assert len(started) == 3
-        obs = backend.observe()
-        pids += [o.pid for o in obs if o.pid is not None]
-        assert [o.state for o in obs] == [ReplicaState.FAILED] * 3
+        await reconcile_until(reconciler, lambda: row.status == "errored", "errored")
+        assert row.fail_reason == msg
+        assert len(store.replicas) == 3
+        assert all(r.state == "failed" and r.fail_reason == msg for r in store.replicas.values())
+        pids += [r.record.pid for r in store.replicas.values() if r.record is not None]
+        # Errored starts nothing more.
+        for _ in range(5):
+            await reconciler.run_once()
+        assert len(store.replicas) == 3
     finally:
         backend.close()
+        reconciler.close()
 
 
-def test_killed_replica_is_replaced_after_backoff(tmp_path: Path, pids: list[int]) -> None:
-    launch = spec("x").launch
+async def test_killed_replica_is_replaced_after_backoff(tmp_path: Path, pids: list[int]) -> None:
     policy = RestartPolicy(backoff_base_s=0.05, backoff_max_s=0.2)
-    desired = [DesiredDeployment("dep1", 1, 1, launch)]
     backend = make_backend(tmp_path)
-
-    def ready(_: list[Action], observed: list[ReplicaObservation]) -> bool:
-        return sum(o.state == ReplicaState.READY for o in observed) == 1
-
+    store = MemoryStore()
+    row = store.add(Row("dep1", engine="fake"))
+    reconciler = make_reconciler(backend, store, policy)
     try:
-        _, started = run_loop(backend, desired, ready, policy)
+        await reconcile_until(reconciler, lambda: row.status == "ready", "ready")
         (victim,) = backend.observe()
         assert victim.pid is not None
         pids.append(victim.pid)
         os.kill(victim.pid, signal.SIGKILL)
-        wait_for(backend, victim.replica_id, in_state(ReplicaState.FAILED))
-        _, restarted = run_loop(backend, desired, ready, policy)
-        assert len(started) == 1 and len(restarted) == 1
-        new = [o for o in backend.observe() if o.state == ReplicaState.READY]
-        assert [o.replica_id for o in new] == [restarted[0].replica_id]
-        assert new[0].devices == victim.devices  # the crashed replica's device is free again
-        assert new[0].pid is not None
-        pids.append(new[0].pid)
+        await reconcile_until(
+            reconciler,
+            lambda: store.replicas[victim.replica_id].state == "failed" and row.status == "ready",
+            "replaced",
+        )
+        assert len(store.replicas) == 2
+        assert store.replicas[victim.replica_id].fail_reason is not None
+        (new,) = [o for o in backend.observe() if o.state == ReplicaState.READY]
+        assert new.replica_id != victim.replica_id
+        assert new.devices == victim.devices  # the crashed replica's device is free again
+        assert new.pid is not None
+        pids.append(new.pid)
+        assert "replica_failed" in store.kinds("dep1")
     finally:
         backend.close()
+        reconciler.close()

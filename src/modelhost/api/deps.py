@@ -1,4 +1,10 @@
-"""FastAPI dependencies: the services container and the authenticated caller."""
+"""FastAPI dependencies: the services container and the authenticated caller.
+
+Callers are authenticated from the in-memory directory (`services.directory`): no database
+session on the request path. A token the directory does not know is re-checked once against
+the database's revision before the 401 (it may have been created a moment ago, perhaps by
+another server process).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,7 @@ from modelhost.api import auth_guard
 from modelhost.errors import Forbidden, Unauthorized
 from modelhost.security.tokens import hash_token
 from modelhost.services import Services
-from modelhost.store.users import Principal, authenticate
+from modelhost.store.users import Principal
 
 
 def get_services(request: Request) -> Services:
@@ -31,17 +37,37 @@ def bearer_token(request: Request) -> str:
     raise Unauthorized("missing API token: send 'Authorization: Bearer <token>'")
 
 
-def resolve_principal(services: Services, token: str) -> Principal:
-    digest = hash_token(token)
-    auth_guard.check(digest)
-    with services.db.session() as s:
-        who = authenticate(s, token)
+def _accept(services: Services, digest: str, who: Principal | None) -> Principal:
     if who is None:
         auth_guard.failed()
         raise Unauthorized("invalid or revoked API token")
     auth_guard.succeeded(digest)
     services.token_usage.seen(who.token_id, who.token_last_used_at)
     return who
+
+
+def resolve_principal(services: Services, token: str) -> Principal:
+    """Blocking on a miss (the re-check reads the database): for sync routes and threads."""
+    digest = hash_token(token)
+    auth_guard.check(digest)
+    directory = services.directory
+    who = directory.snapshot.principal(digest)
+    if who is None:
+        directory.refresh()
+        who = directory.snapshot.principal(digest)
+    return _accept(services, digest, who)
+
+
+async def authenticate(services: Services, token: str) -> Principal:
+    """On the event loop: a known token costs a hash and a dict lookup; only a miss waits for
+    the (shared, bounded) re-check."""
+    digest = hash_token(token)
+    auth_guard.check(digest)
+    directory = services.directory
+    who = directory.snapshot.principal(digest)
+    if who is None:
+        who = (await directory.fresh()).principal(digest)
+    return _accept(services, digest, who)
 
 
 def get_principal(

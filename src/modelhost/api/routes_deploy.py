@@ -1,4 +1,8 @@
-"""Deployments API (DeepInfra-compatible): create, list, get, update, delete, stop, start."""
+"""Deployments API (DeepInfra-compatible): create, list, get, update, delete, stop, start.
+
+The routes record the owner's intent (desired state and replicas, generation, settings, config)
+and wake the reconciler (`services.notify()`); the reconciler alone writes a deployment's status,
+instances and pending reason (see `store.deployments.shown_status` for what the API shows)."""
 
 from __future__ import annotations
 
@@ -30,13 +34,7 @@ from modelhost.domain.fair_share import (
     cpu_slots_per_user,
     owner_cpu_limit,
 )
-from modelhost.domain.status import (
-    DeploymentStatus,
-    DesiredState,
-    ReplicaCounts,
-    StatusInputs,
-    derive_status,
-)
+from modelhost.domain.status import DeploymentStatus, DesiredState
 from modelhost.errors import Conflict, Forbidden, QuotaExceeded, ValidationFailed
 from modelhost.security.local_sources import allowed_local_path
 from modelhost.security.tokens import new_id
@@ -181,12 +179,6 @@ def _owner_limit(s: Session, dep: Deployment, who: Principal) -> Principal:
     return Principal(owner.id, owner.username, owner.is_admin, owner.gpu_limit, "")
 
 
-def _status_before_replicas(desired: DesiredState, replicas: int) -> str:
-    """The status to answer with right away; the reconciler refines it from the replicas it
-    observes (derive_status stays the one place that decides)."""
-    return derive_status(StatusInputs(desired, replicas, ReplicaCounts())).value
-
-
 def _view(s: Session, dep: Deployment) -> dict[str, Any]:
     return deploy_object(dep, store.owner_name(s, dep))
 
@@ -242,7 +234,7 @@ def create_llm(body: CreateLLM, who: PrincipalDep, services: ServicesDep) -> dic
             # The first replica starts even when min_instances is 0: it proves the weights
             # load, and the autoscaler returns the deployment to standby once it is idle.
             desired_replicas=max(settings.min_instances, 1),
-            status=_status_before_replicas(DesiredState.RUNNING, max(settings.min_instances, 1)),
+            # No status: the reconciler is its only writer (a new row starts pending).
             created_at=now,
             updated_at=now,
         )
@@ -369,7 +361,6 @@ def delete_deployment(deploy_id: str, who: PrincipalDep, services: ServicesDep) 
         dep = store.get_owned(s, who, deploy_id)
         now = utcnow()
         dep.desired_state = DesiredState.DELETED.value
-        dep.status = _status_before_replicas(DesiredState.DELETED, 0)
         dep.deleted_at = now
         dep.updated_at = now
         store.add_event(s, dep.id, "deleted", "deployment deleted; replicas drain, then stop")
@@ -385,7 +376,6 @@ def stop_deployment(deploy_id: str, who: PrincipalDep, services: ServicesDep) ->
         dep = store.get_owned(s, who, deploy_id)
         if dep.desired_state != DesiredState.STOPPED.value:
             dep.desired_state = DesiredState.STOPPED.value
-            dep.status = _status_before_replicas(DesiredState.STOPPED, 0)
             dep.updated_at = utcnow()
             store.add_event(s, dep.id, "stopped", "deployment stopped by its owner")
     services.notify()

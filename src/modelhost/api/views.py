@@ -6,6 +6,7 @@ import copy
 from typing import Any
 
 from modelhost.store.clock import iso
+from modelhost.store.deployments import shown_status
 from modelhost.store.tables import ApiToken, Deployment, Event, User
 
 
@@ -19,7 +20,7 @@ def deploy_object(dep: Deployment, owner: str) -> dict[str, Any]:
         "deploy_id": dep.id,
         "model_name": f"{owner}/{dep.model_name}",
         "type": "llm",
-        "status": dep.status,
+        "status": shown_status(dep),
         "fail_reason": dep.fail_reason,
         "created_at": iso(dep.created_at),
         "updated_at": iso(dep.updated_at),

@@ -17,6 +17,7 @@ from modelhost.gateway.drain import Drain
 from modelhost.gateway.pool import DeploymentPool, PoolLimits
 from modelhost.gateway.proxy import ForwardResult
 from modelhost.gateway.resolve import Target
+from modelhost.gateway.upstream import UpstreamClient
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
 
@@ -41,10 +42,10 @@ class Gateway:
         self._pools: dict[str, DeploymentPool] = {}
         self._snapshot_version = 0
         self.drain = Drain()
-        self.client = httpx.AsyncClient(
-            timeout=httpx.Timeout(settings.request_timeout_s, connect=5.0, pool=None),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
-        )
+        # Inference requests to replicas.
+        self.upstream = UpstreamClient(settings.request_timeout_s)
+        # Everything else (LoRAX /info): rare, not worth a second code path.
+        self.client = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=5.0))
         self.requests = Counter(
             "modelhost_requests",
             "Inference requests by deployment and HTTP status",
@@ -132,6 +133,7 @@ class Gateway:
         self.requests.labels(deploy_id, str(status)).inc()
 
     async def close(self) -> None:
+        await self.upstream.aclose()
         await self.client.aclose()
 
 

@@ -25,6 +25,7 @@ from modelhost.errors import Unavailable, UpstreamFailed, UpstreamTimeout
 from modelhost.gateway.drain import Drain
 from modelhost.gateway.pool import DeploymentPool, Lease
 from modelhost.gateway.stream import ProxiedStream, Style
+from modelhost.gateway.upstream import UpstreamClient, UpstreamResponse
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -110,7 +111,7 @@ def _abandon(
     task.add_done_callback(reap)
 
 
-async def _discard(pool: DeploymentPool, opened: tuple[Lease, httpx.Response]) -> None:
+async def _discard(pool: DeploymentPool, opened: tuple[Lease, UpstreamResponse]) -> None:
     lease, upstream = opened
     try:
         await upstream.aclose()
@@ -119,12 +120,12 @@ async def _discard(pool: DeploymentPool, opened: tuple[Lease, httpx.Response]) -
 
 
 async def _connect(
-    client: httpx.AsyncClient,
+    client: UpstreamClient,
     pool: DeploymentPool,
     up: Upstream,
     headers: dict[str, str],
     timeout_s: float,
-) -> tuple[Lease, httpx.Response]:
+) -> tuple[Lease, UpstreamResponse]:
     """Acquire a replica and open the upstream request (for a non-streaming request the
     engine answers whole, so this lasts the whole generation)."""
     refused = closed = 0
@@ -133,10 +134,7 @@ async def _connect(
         lease = await pool.acquire(up.adapter_id, deadline)
         replica = lease.endpoint.replica_id
         try:
-            req = client.build_request(
-                "POST", lease.endpoint.url + up.path, content=up.body, headers=headers
-            )
-            return lease, await client.send(req, stream=True)
+            return lease, await client.post(lease.endpoint.url, up.path, up.body, headers)
         except (httpx.ConnectError, httpx.ConnectTimeout):
             refused += 1
             what = "refused the connection"
@@ -171,7 +169,7 @@ async def _connect(
 
 async def forward(
     request: Request,
-    client: httpx.AsyncClient,
+    client: UpstreamClient,
     pool: DeploymentPool,
     up: Upstream,
     style: Style,

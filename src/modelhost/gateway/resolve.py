@@ -1,19 +1,20 @@
-"""Which deployment (and adapter) a request's `model` names, as the caller may see it."""
+"""Which deployment (and adapter) a request's `model` names, as the caller may see it: read from
+the in-memory directory (no database on the request path).
+
+Who may use what: a deployment or adapter is visible to its owner, to everyone when public, and
+to admins; anything else answers exactly like one that does not exist.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
-from sqlalchemy.orm import Session
-
+from modelhost.directory.snapshot import AdapterEntry, DeploymentEntry, Snapshot
 from modelhost.errors import NotFound
-from modelhost.store import adapters as adapters_store
-from modelhost.store import deployments as store
-from modelhost.store.tables import Deployment
 from modelhost.store.users import Principal
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Target:
     deploy_id: str
     full_name: str
@@ -36,18 +37,22 @@ def model_not_found(model: str) -> NotFound:
     )
 
 
-def _visible(dep: Deployment | None, who: Principal) -> bool:
-    return (
-        dep is not None
-        and dep.deleted_at is None
-        and (dep.owner_id == who.user_id or dep.public or who.is_admin)
+def adapter_not_found(adapter: str, base: Target) -> NotFound:
+    return NotFound(
+        f"adapter `{adapter}` is not registered on {base.full_name} or you cannot use it",
+        param="adapter_id",
+        code="adapter_not_found",
     )
 
 
-def _target(s: Session, dep: Deployment) -> Target:
+def _visible(item: DeploymentEntry | AdapterEntry | None, who: Principal) -> bool:
+    return item is not None and (item.owner_id == who.user_id or item.public or who.is_admin)
+
+
+def _target(dep: DeploymentEntry) -> Target:
     return Target(
         deploy_id=dep.id,
-        full_name=f"{store.owner_name(s, dep)}/{dep.model_name}",
+        full_name=dep.full_name,
         status=dep.status,
         desired_state=dep.desired_state,
         fail_reason=dep.fail_reason,
@@ -55,57 +60,61 @@ def _target(s: Session, dep: Deployment) -> Target:
     )
 
 
-def _adapter_target(s: Session, who: Principal, username: str, name: str) -> Target | None:
-    adapter = adapters_store.find(s, username, name)
-    if adapter is None or not adapters_store.visible(adapter, who):
+def _adapter_target(snap: Snapshot, who: Principal, username: str, name: str) -> Target | None:
+    adapter = snap.adapter_named(username, name)
+    if adapter is None or not _visible(adapter, who):
         return None
-    base = s.get(Deployment, adapter.base_deploy_id)
-    if base is None or base.deleted_at is not None:
+    base = snap.deployment(adapter.base_deploy_id)
+    if base is None:
         return None
-    return replace(_target(s, base), adapter_id=adapter.id, adapter_name=f"{username}/{name}")
+    return Target(
+        deploy_id=base.id,
+        full_name=base.full_name,
+        status=base.status,
+        desired_state=base.desired_state,
+        fail_reason=base.fail_reason,
+        pending_reason=base.pending_reason,
+        adapter_id=adapter.id,
+        adapter_name=f"{username}/{name}",
+    )
 
 
-def resolve_model(s: Session, who: Principal, model: str) -> Target:
+def resolve_model(snap: Snapshot, who: Principal, model: str) -> Target | None:
     """`deploy_id:<id>`, `<username>/<name>` (a deployment or an adapter), or a bare name of the
-    caller's own."""
+    caller's own; None when nothing the caller may see has that name."""
     if model.startswith("deploy_id:"):
-        dep = s.get(Deployment, model.removeprefix("deploy_id:"))
-        if dep is None or not _visible(dep, who):
-            raise model_not_found(model)
-        return _target(s, dep)
+        dep = snap.deployment(model.removeprefix("deploy_id:"))
+        return _target(dep) if dep is not None and _visible(dep, who) else None
     user, _, name = model.rpartition("/")
     user = user or who.username
-    dep = store.find_by_name(s, user, name)
+    dep = snap.deployment_named(user, name)
     if dep is not None and _visible(dep, who):
-        return _target(s, dep)
-    target = _adapter_target(s, who, user, name)
-    if target is None:
-        raise model_not_found(model)
-    return target
+        return _target(dep)
+    return _adapter_target(snap, who, user, name)
 
 
-def resolve_path(s: Session, who: Principal, username: str, model_name: str) -> Target:
+def resolve_path(snap: Snapshot, who: Principal, username: str, model_name: str) -> Target | None:
     """The LoRAX-style per-deployment base URL `/deployments/<username>/<model_name>`."""
-    dep = store.find_by_name(s, username, model_name)
-    if dep is None or not _visible(dep, who):
-        raise model_not_found(f"{username}/{model_name}")
-    return _target(s, dep)
+    dep = snap.deployment_named(username, model_name)
+    return _target(dep) if dep is not None and _visible(dep, who) else None
 
 
-def resolve_adapter_on(s: Session, who: Principal, base: Target, adapter: str) -> Target:
+def resolve_adapter_on(snap: Snapshot, who: Principal, base: Target, adapter: str) -> Target | None:
     """An adapter named in a per-deployment request (`adapter_id` or `model`): the caller's own
     by bare name, else the base owner's, or `<username>/<name>`; it must be on that base."""
     owner = base.full_name.split("/", 1)[0]
     if "/" in adapter:
-        candidates = [tuple(adapter.split("/", 1))]
+        username, name = adapter.split("/", 1)
+        candidates = [(username, name)]
     else:
         candidates = [(who.username, adapter), (owner, adapter)]
     for username, name in candidates:
-        target = _adapter_target(s, who, username, name)
+        target = _adapter_target(snap, who, username, name)
         if target is not None and target.deploy_id == base.deploy_id:
             return target
-    raise NotFound(
-        f"adapter `{adapter}` is not registered on {base.full_name} or you cannot use it",
-        param="adapter_id",
-        code="adapter_not_found",
-    )
+    return None
+
+
+def visible_models(snap: Snapshot, who: Principal) -> list[DeploymentEntry]:
+    """What `GET /v1/models` lists: the caller's own deployments and public ones."""
+    return [d for d in snap.deployments().values() if d.owner_id == who.user_id or d.public]

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pydantic_core
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from modelhost.api.deps import bearer_token, resolve_principal
+from modelhost.api.deps import authenticate, bearer_token
 from modelhost.api.errors import error_response
 from modelhost.api.openapi import LORAX_INFERENCE, OPENAI_INFERENCE, errors
+from modelhost.directory.snapshot import Snapshot
 from modelhost.domain.status import (
     NO_CAPACITY_RETRY_AFTER_S,
     DeploymentStatus,
@@ -23,6 +25,7 @@ from modelhost.domain.status import (
 from modelhost.errors import (
     InvalidRequest,
     ModelhostError,
+    NotFound,
     PayloadTooLarge,
     QueueFull,
     Unavailable,
@@ -30,12 +33,18 @@ from modelhost.errors import (
 from modelhost.gateway.core import Gateway
 from modelhost.gateway.drain import shutting_down
 from modelhost.gateway.proxy import ClientGone, Upstream, forward
-from modelhost.gateway.resolve import Target, resolve_adapter_on, resolve_model, resolve_path
+from modelhost.gateway.resolve import (
+    Target,
+    adapter_not_found,
+    model_not_found,
+    resolve_adapter_on,
+    resolve_model,
+    resolve_path,
+    visible_models,
+)
 from modelhost.gateway.stream import Style
 from modelhost.gateway.validate import check_inference
 from modelhost.services import Services
-from modelhost.store import deployments as store
-from modelhost.store.tables import Deployment
 from modelhost.store.users import Principal
 
 router = APIRouter()
@@ -100,9 +109,21 @@ async def _body(request: Request, limit: int) -> dict[str, Any]:
 
 
 async def _principal(request: Request) -> Principal:
-    services = _services(request)
-    token = bearer_token(request)
-    return await asyncio.to_thread(resolve_principal, services, token)
+    return await authenticate(_services(request), bearer_token(request))
+
+
+async def _resolved(
+    request: Request, resolve: Callable[[Snapshot], Target | None], missing: Callable[[], NotFound]
+) -> Target:
+    """What `resolve` finds in the directory; on a miss, in the directory as re-checked now
+    (it may have been created a moment ago, perhaps by another server process)."""
+    directory = _services(request).directory
+    target = resolve(directory.snapshot)
+    if target is None:
+        target = resolve(await directory.fresh())
+    if target is None:
+        raise missing()
+    return target
 
 
 def _check_servable(target: Target) -> None:
@@ -149,7 +170,7 @@ async def _proxy(
     )
     return await forward(
         request,
-        gateway.client,
+        gateway.upstream,
         gateway.pool(target.deploy_id),
         up,
         style,
@@ -167,7 +188,9 @@ async def _openai(request: Request, path: str) -> Response:
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise InvalidRequest("`model` is required: <username>/<model_name>", param="model")
-        target = await asyncio.to_thread(_resolve, request, who, model)
+        target = await _resolved(
+            request, lambda snap: resolve_model(snap, who, model), lambda: model_not_found(model)
+        )
         deploy_id = target.deploy_id
         # Engines know the deployment by its full name; an adapter keeps its own name (the
         # engine learns its id from the x-adapter-id header and echoes `model`).
@@ -183,11 +206,6 @@ async def _openai(request: Request, path: str) -> Response:
         if not _gateway(request).drain.absorb():
             raise
         return error_response(shutting_down())
-
-
-def _resolve(request: Request, who: Principal, model: str) -> Target:
-    with _services(request).db.session() as s:
-        return resolve_model(s, who, model)
 
 
 @router.post("/v1/openai/chat/completions", responses=OPENAI_INFERENCE)
@@ -209,37 +227,23 @@ async def models(request: Request) -> Response:
         who = await _principal(request)
     except ModelhostError as exc:
         return error_response(exc)
-    data = await asyncio.to_thread(_visible_models, _services(request), who)
+    data = [
+        {
+            "id": dep.full_name,
+            "object": "model",
+            "created": int(dep.created_at.timestamp()),
+            "owned_by": dep.owner,
+            "metadata": {"deploy_id": dep.id, "status": dep.status},
+        }
+        for dep in visible_models(_services(request).directory.snapshot, who)
+    ]
     return JSONResponse({"object": "list", "data": data})
-
-
-def _visible_models(services: Services, who: Principal) -> list[dict[str, Any]]:
-    from sqlalchemy import or_, select
-
-    with services.db.session() as s:
-        q = select(Deployment).where(
-            Deployment.deleted_at.is_(None),
-            or_(Deployment.owner_id == who.user_id, Deployment.public.is_(True)),
-        )
-        out = []
-        for dep in s.scalars(q):
-            owner = store.owner_name(s, dep)
-            out.append(
-                {
-                    "id": f"{owner}/{dep.model_name}",
-                    "object": "model",
-                    "created": int(dep.created_at.timestamp()),
-                    "owned_by": owner,
-                    "metadata": {"deploy_id": dep.id, "status": dep.status},
-                }
-            )
-        return out
 
 
 # ---- LoRAX-compatible per-deployment routes ----------------------------------------------
 
 
-def _with_adapter(
+async def _with_adapter(
     request: Request, who: Principal, base: Target, body: dict[str, Any], openai_style: bool
 ) -> Target:
     """Per-deployment requests name an adapter in `model` (OpenAI style; empty or the
@@ -258,8 +262,11 @@ def _with_adapter(
             return base
         if not isinstance(requested, str):
             raise InvalidRequest("parameters.adapter_id must be a string", param="adapter_id")
-    with _services(request).db.session() as s:
-        target = resolve_adapter_on(s, who, base, requested)
+    target = await _resolved(
+        request,
+        lambda snap: resolve_adapter_on(snap, who, base, requested),
+        lambda: adapter_not_found(requested, base),
+    )
     if not openai_style:
         params = body["parameters"]
         params["adapter_id"] = target.adapter_id
@@ -269,15 +276,18 @@ def _with_adapter(
     return target
 
 
-def _lookup(request: Request, who: Principal, username: str, model_name: str) -> Target:
-    with _services(request).db.session() as s:
-        return resolve_path(s, who, username, model_name)
+async def _lookup(request: Request, who: Principal, username: str, model_name: str) -> Target:
+    return await _resolved(
+        request,
+        lambda snap: resolve_path(snap, who, username, model_name),
+        lambda: model_not_found(f"{username}/{model_name}"),
+    )
 
 
 async def _deployment(request: Request, username: str, model_name: str) -> Target:
     """The deployment a LoRAX base URL names, as the caller may see it."""
     who = await _principal(request)
-    return await asyncio.to_thread(_lookup, request, who, username, model_name)
+    return await _lookup(request, who, username, model_name)
 
 
 async def _lorax(request: Request, username: str, model_name: str, path: str) -> Response:
@@ -285,8 +295,8 @@ async def _lorax(request: Request, username: str, model_name: str, path: str) ->
     try:
         who = await _principal(request)
         body = await _body(request, _services(request).settings.max_body_bytes)
-        base = await asyncio.to_thread(_lookup, request, who, username, model_name)
-        target = await asyncio.to_thread(_with_adapter, request, who, base, body, openai_style)
+        base = await _lookup(request, who, username, model_name)
+        target = await _with_adapter(request, who, base, body, openai_style)
         return await _proxy(request, target, path, body, "openai" if openai_style else "lorax")
     except ClientGone:
         return Response(status_code=499)
@@ -365,3 +375,39 @@ async def lorax_info(request: Request, username: str, model_name: str) -> Respon
         except Exception:
             pass
     return JSONResponse(info)
+
+
+# ---- the inference routes as one dict lookup (see fast_path.py) ---------------------------
+Handler = Callable[[Request], Awaitable[Response]]
+_OPENAI_PATHS = {
+    "/v1/openai/chat/completions": "/v1/chat/completions",
+    "/v1/chat/completions": "/v1/chat/completions",
+    "/v1/openai/completions": "/v1/completions",
+    "/v1/completions": "/v1/completions",
+}
+# What follows /deployments/<username>/<model_name> -> the engine's path.
+_LORAX_PATHS = {
+    "": "/",
+    "/generate": "/generate",
+    "/generate_stream": "/generate_stream",
+    "/v1/chat/completions": "/v1/chat/completions",
+    "/v1/completions": "/v1/completions",
+}
+
+
+def inference_handler(path: str) -> Handler | None:
+    """The handler of a POST to `path` among the inference routes above (the same handler the
+    route calls, with the same path parameters), or None for any other path."""
+    engine_path = _OPENAI_PATHS.get(path)
+    if engine_path is not None:
+        return lambda request: _openai(request, engine_path)
+    if not path.startswith("/deployments/"):
+        return None
+    parts = path.split("/", 4)  # "", "deployments", username, model_name[, rest]
+    if len(parts) < 4 or not parts[2] or not parts[3]:
+        return None
+    lorax_path = _LORAX_PATHS.get("/" + parts[4] if len(parts) == 5 else "")
+    if lorax_path is None:
+        return None
+    username, model_name = parts[2], parts[3]
+    return lambda request: _lorax(request, username, model_name, lorax_path)

@@ -21,6 +21,7 @@ from starlette.types import Receive, Scope, Send
 
 from modelhost.errors import ModelhostError, UpstreamFailed
 from modelhost.gateway.drain import Drain, ShuttingDown, shutting_down
+from modelhost.gateway.upstream import UpstreamResponse
 
 Style = Literal["openai", "lorax"]
 
@@ -48,7 +49,7 @@ class ProxiedStream(Response):
 
     def __init__(
         self,
-        upstream: httpx.Response,
+        upstream: UpstreamResponse,
         *,
         replica_id: str,
         style: Style,

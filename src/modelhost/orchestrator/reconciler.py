@@ -2,31 +2,45 @@
 
 Level-triggered and idempotent: every pass derives its actions from the stored desired state and
 the backend's latest observations, so a missed pass or a server restart loses nothing.
+
+Seams, and nothing else: a `Backend` (runs replicas), a `RoutingSink` (the gateway's routing
+table), a `DesiredStateStore` (the owner's intent in; replica rows, events and statuses out) and
+a `Clock`. The reconciler is the only writer of a deployment's status, instances and pending
+reason; the API records intent and wakes it.
+
+Threads: a pass runs on the event loop, where the routing sink lives, and all of the
+reconciler's own state is touched there only. Store calls run one at a time on the reconciler's
+store thread (in order, so events keep their order); backend calls that may block (start forks a
+process, stop and drain wait for one, adopt probes) run in worker threads. `observe`,
+`mark_draining` and `forget` only read or flip in-memory state and run inline.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TypeVar
 
-from sqlalchemy.orm import Session
-
-from modelhost.adapters.files import adapters_root
-from modelhost.domain.deployments import DEFAULT_MAX_ACTIVE_ADAPTERS
 from modelhost.domain.fair_share import cpu_slots_per_user, owner_cpu_limit
-from modelhost.domain.routing import ReplicaEndpoint
-from modelhost.domain.status import DesiredState, ReplicaCounts, StatusInputs, derive_status
-from modelhost.orchestrator.backends.base import Backend, ReplicaRecord, ReplicaStartSpec
-from modelhost.orchestrator.launch import desired_deployment, preloaded_adapter_ids
+from modelhost.orchestrator.backends.base import Backend, ReplicaStartSpec
+from modelhost.orchestrator.derived import deployment_statuses, routing_table
+from modelhost.orchestrator.inventory import Inventory
 from modelhost.orchestrator.planner import plan, track_failures
-from modelhost.orchestrator.replica_rows import record_start, sync_rows
+from modelhost.orchestrator.ports import (
+    Clock,
+    DesiredStateStore,
+    RoutingSink,
+    StoredDeployment,
+    SystemClock,
+)
 from modelhost.orchestrator.types import (
     CPU_TYPE,
     Action,
+    DesiredDeployment,
     DrainReplica,
     FailureHistory,
     MarkErrored,
@@ -37,269 +51,170 @@ from modelhost.orchestrator.types import (
     StartReplica,
     StopReplica,
 )
-from modelhost.services import Services
-from modelhost.store import deployments as store
-from modelhost.store.clock import utcnow
-from modelhost.store.tables import Deployment, User
 
 log = logging.getLogger(__name__)
 
+_T = TypeVar("_T")
+
+# How often a drain looks at the replica's outstanding requests.
 DRAIN_POLL_S = 0.2
 
 
-class RoutingSink(Protocol):
-    """The gateway side, as the orchestrator sees it (the two never import each other)."""
+@dataclass
+class _PassActs:
+    """What applying one pass's actions did, for the status step and the drains after it."""
 
-    def publish(self, table: Mapping[str, Sequence[ReplicaEndpoint]]) -> None: ...
-
-    def outstanding_on(self, deploy_id: str, replica_id: str) -> int: ...
+    pending: dict[str, tuple[int, str]] = field(default_factory=dict)
+    started: set[str] = field(default_factory=set)
+    errored: dict[str, str] = field(default_factory=dict)
+    drains: list[DrainReplica] = field(default_factory=list)
 
 
 @dataclass
 class Reconciler:
-    services: Services
     backend: Backend
     routing: RoutingSink
-    policy: RestartPolicy
-    clock: Callable[[], float] = time.time
+    store: DesiredStateStore
+    inventory: Inventory
+    clock: Clock = field(default_factory=SystemClock)
+    policy: RestartPolicy = field(default_factory=RestartPolicy)
+    # How long a drained replica may finish its in-flight requests before it is signalled.
+    drain_timeout_s: float = 30.0
     # CPU slots one user's replicas may hold at once; None: half the server's, rounded up.
     cpu_slots_per_user: int | None = None
     failures: dict[str, FailureHistory] = field(default_factory=dict)
-    _prev_states: dict[str, ReplicaState] = field(default_factory=dict)
-    _draining: dict[str, asyncio.Task[None]] = field(default_factory=dict)
-    _errored: set[str] = field(default_factory=set)
-    _generations: dict[str, int] = field(default_factory=dict)
     last_observed: list[ReplicaObservation] = field(default_factory=list)
     # Replicas per deployment that the last pass wanted but could not place (with
     # last_observed: the autoscaler must not mistake them for replicas that are starting).
     last_pending: dict[str, int] = field(default_factory=dict)
+    _prev_states: dict[str, ReplicaState] = field(default_factory=dict)
+    _draining: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    _errored: set[str] = field(default_factory=set)
+    _generations: dict[str, int] = field(default_factory=dict)
+    _store_thread: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="reconciler-store")
+    )
+
+    async def _in_store(self, fn: Callable[..., _T], *args: object) -> _T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._store_thread, functools.partial(fn, *args))
 
     # ---- start-up -----------------------------------------------------------------------
-    def adopt(self) -> None:
+    async def adopt(self) -> None:
         """Take back the replicas a previous server process left running, or clean them up."""
-        with self.services.db.session() as s:
-            rows = store.live_replica_rows(s)
-            records = []
-            for r in rows:
-                try:
-                    records.append(
-                        ReplicaRecord(
-                            replica_id=r.id,
-                            deploy_id=r.deploy_id,
-                            generation=r.generation,
-                            pid=int(r.pid or 0),
-                            port=int(r.port or 0),
-                            log_path=r.log_path or "",
-                            devices=tuple(r.devices),
-                            proc_start_ticks=int(r.proc_start_time or 0),
-                            started_at=r.started_at.timestamp(),
-                        )
-                    )
-                except (TypeError, ValueError):
-                    r.exited_at, r.state = utcnow(), ReplicaState.STOPPED.value
-            result = self.backend.adopt(records)
-            cleaned = dict(result.cleaned)
-            for r in rows:
-                if r.id in cleaned:
-                    r.exited_at, r.state = utcnow(), ReplicaState.STOPPED.value
-                    r.fail_reason = cleaned[r.id]
-                    store.add_event(
-                        s, r.deploy_id, "replica_cleaned", f"replica {r.id}: {cleaned[r.id]}"
-                    )
-                elif r.id in result.adopted:
-                    store.add_event(
-                        s, r.deploy_id, "replica_adopted", f"replica {r.id} adopted after restart"
-                    )
+        records = await self._in_store(self.store.replica_records)
+        result = await asyncio.to_thread(self.backend.adopt, records)
+        await self._in_store(self.store.record_adoption, result)
 
     # ---- one pass -----------------------------------------------------------------------
     async def run_once(self) -> None:
-        now = self.clock()
+        now = self.clock.time()
         observed = self.backend.observe()
         self.failures = track_failures(self.failures, self._prev_states, observed, self.policy)
         self._prev_states = {o.replica_id: o.state for o in observed}
-        adapter_dir = str(adapters_root(self.services.settings.data_dir))
-        per_user = cpu_slots_per_user(
-            self.services.inventory.total(CPU_TYPE), self.cpu_slots_per_user
-        )
-        with self.services.db.session() as s:
-            deployments = store.live_deployments(s)
-            owners = {d.id: store.owner_name(s, d) for d in deployments}
-            admins = {d.id: _is_admin(s, d) for d in deployments}
-            sync_rows(s, observed)
-            self._reset_failures(deployments)
-            desired = [
-                desired_deployment(
-                    d,
-                    owners[d.id],
-                    self.services.catalog,
-                    self.services.secrets,
-                    self.services.settings.drain_timeout_s,
-                    adapter_dir,
-                    preloaded_adapter_ids(s, d),
-                    owner_cpu_limit(admins[d.id], per_user),
-                )
-                for d in deployments
-                if d.desired_state == DesiredState.RUNNING.value and d.fail_reason is None
-            ]
-        actions = plan(desired, observed, self.services.inventory, self.failures, now, self.policy)
-        pending = await self._apply(actions)
-        planned, observed = observed, self.backend.observe()
-        self.last_observed = observed
-        self.last_pending = {d: n for d, (n, _) in pending.items() if n > 0}
-        with self.services.db.session() as s:
-            self._update_statuses(s, observed, pending, planned)
-        self.routing.publish(self._routing_table(observed))
+
+        def sync_and_read() -> list[StoredDeployment]:
+            self.store.record_replicas(observed)
+            return self.store.deployments()
+
+        deployments = await self._in_store(sync_and_read)
+        self._reset_failures(deployments)
+        desired = self._desired(deployments)
+        actions = plan(desired, observed, self.inventory, self.failures, now, self.policy)
+        acts = _PassActs()
+        try:
+            await self._apply(actions, acts)
+            after = self.backend.observe()
+            self.last_observed = after
+            self.last_pending = {d: n for d, (n, _) in acts.pending.items() if n > 0}
+            statuses = deployment_statuses(
+                deployments, observed, after, acts.pending, acts.started, acts.errored
+            )
+            await self._in_store(self.store.write_statuses, statuses)
+        finally:
+            # Even after a failure above: a replica marked draining leaves the routing table
+            # before anything signals it.
+            self.routing.publish(routing_table(deployments, self.backend.observe()))
+            for a in acts.drains:
+                self._draining[a.replica_id] = asyncio.create_task(self._drain(a))
         # Forget only what was already terminal when failures were counted: a replica that
         # failed since then is counted on the next pass, then forgotten.
         for replica_id, state in self._prev_states.items():
             if state.terminal and replica_id not in self._draining:
                 self.backend.forget(replica_id)
 
-    def _reset_failures(self, deployments: Sequence[Deployment]) -> None:
+    def _desired(self, deployments: Sequence[StoredDeployment]) -> list[DesiredDeployment]:
+        per_user = cpu_slots_per_user(self.inventory.total(CPU_TYPE), self.cpu_slots_per_user)
+        return [
+            DesiredDeployment(
+                deploy_id=d.deploy_id,
+                generation=d.generation,
+                desired_replicas=d.desired_replicas,
+                launch=d.launch,
+                drain_timeout_s=self.drain_timeout_s,
+                owner=d.owner,
+                cpu_slot_limit=owner_cpu_limit(d.owner_is_admin, per_user),
+            )
+            for d in deployments
+            if d.should_run and d.launch is not None
+        ]
+
+    def _reset_failures(self, deployments: Sequence[StoredDeployment]) -> None:
         """A /start or a config change clears fail_reason: that is a fresh chance."""
         for d in deployments:
-            changed = self._generations.get(d.id, d.generation) != d.generation
-            self._generations[d.id] = d.generation
-            if (d.id in self._errored and d.fail_reason is None) or changed:
-                self._errored.discard(d.id)
-                self.failures.pop(d.id, None)
+            changed = self._generations.get(d.deploy_id, d.generation) != d.generation
+            self._generations[d.deploy_id] = d.generation
+            if (d.deploy_id in self._errored and d.fail_reason is None) or changed:
+                self._errored.discard(d.deploy_id)
+                self.failures.pop(d.deploy_id, None)
 
-    async def _apply(self, actions: Sequence[Action]) -> dict[str, tuple[int, str]]:
-        pending: dict[str, tuple[int, str]] = {}
+    async def _apply(self, actions: Sequence[Action], acts: _PassActs) -> None:
         for a in actions:
             if isinstance(a, StartReplica):
-                handle = self.backend.start(ReplicaStartSpec.from_action(a))
-                with self.services.db.session() as s:
-                    record_start(s, a, handle.record)
+                handle = await asyncio.to_thread(
+                    self.backend.start, ReplicaStartSpec.from_action(a)
+                )
+                acts.started.add(a.deploy_id)
+                await self._in_store(self.store.record_start, a, handle.record)
             elif isinstance(a, DrainReplica):
-                if a.replica_id not in self._draining:
+                queued = any(d.replica_id == a.replica_id for d in acts.drains)
+                if a.replica_id not in self._draining and not queued:
+                    # Out of the live count now; signalled only after the next publish.
                     self.backend.mark_draining(a.replica_id)
-                    self._draining[a.replica_id] = asyncio.create_task(
-                        self._drain(a.deploy_id, a.replica_id, a.reason)
-                    )
+                    acts.drains.append(a)
             elif isinstance(a, StopReplica):
                 await asyncio.to_thread(self.backend.stop, a.replica_id)
-                with self.services.db.session() as s:
-                    store.add_event(
-                        s, a.deploy_id, "replica_stopped", f"replica {a.replica_id}: {a.reason}"
-                    )
+                message = f"replica {a.replica_id}: {a.reason}"
+                await self._in_store(self.store.add_event, a.deploy_id, "replica_stopped", message)
             elif isinstance(a, MarkErrored):
                 self._errored.add(a.deploy_id)
-                with self.services.db.session() as s:
-                    dep = s.get(Deployment, a.deploy_id)
-                    if dep is not None:
-                        dep.fail_reason = a.reason
-                        store.add_event(s, a.deploy_id, "errored", a.reason)
+                acts.errored[a.deploy_id] = a.reason
+                await self._in_store(self.store.mark_errored, a.deploy_id, a.reason)
             elif isinstance(a, ReportPending):
-                pending[a.deploy_id] = (a.pending, a.reason)
-        return pending
+                acts.pending[a.deploy_id] = (a.pending, a.reason)
 
-    async def _drain(self, deploy_id: str, replica_id: str, reason: str) -> None:
-        """Stop routing first (the replica left the snapshot), let in-flight requests finish
-        (bounded), then signal the engine, which finishes what it still has."""
-        timeout = self.services.settings.drain_timeout_s
-        deadline = time.monotonic() + timeout
+    async def _drain(self, a: DrainReplica) -> None:
+        """The replica has left the routing table: let its in-flight requests finish (bounded),
+        then signal the engine, which finishes what it still has."""
+        deadline = self.clock.monotonic() + self.drain_timeout_s
         try:
-            with self.services.db.session() as s:
-                store.add_event(s, deploy_id, "replica_draining", f"replica {replica_id}: {reason}")
-            while time.monotonic() < deadline:
-                if self.routing.outstanding_on(deploy_id, replica_id) == 0:
+            message = f"replica {a.replica_id}: {a.reason}"
+            await self._in_store(self.store.add_event, a.deploy_id, "replica_draining", message)
+            while self.clock.monotonic() < deadline:
+                if self.routing.outstanding_on(a.deploy_id, a.replica_id) == 0:
                     break
-                await asyncio.sleep(DRAIN_POLL_S)
-            remaining = max(1.0, deadline - time.monotonic())
-            await asyncio.to_thread(self.backend.drain, replica_id, remaining)
+                await self.clock.sleep(DRAIN_POLL_S)
+            remaining = max(1.0, deadline - self.clock.monotonic())
+            await asyncio.to_thread(self.backend.drain, a.replica_id, remaining)
         except Exception:
-            log.exception("draining replica %s failed", replica_id)
+            log.exception("draining replica %s failed", a.replica_id)
         finally:
-            self._draining.pop(replica_id, None)
-
-    def _update_statuses(
-        self,
-        s: Session,
-        observed: Sequence[ReplicaObservation],
-        pending: Mapping[str, tuple[int, str]],
-        planned: Sequence[ReplicaObservation] = (),
-    ) -> None:
-        """`pending` was planned from `planned`, an observation taken before this pass's
-        actions; `observed` is taken after them. A replica that finished draining in between
-        freed its device too late for this pass's plan: it still counts as draining here, so
-        the deployment reads as being replaced (requests held), not as short of capacity."""
-        by_dep: dict[str, list[ReplicaObservation]] = {}
-        for o in observed:
-            by_dep.setdefault(o.deploy_id, []).append(o)
-        draining_ids: dict[str, set[str]] = {}
-        for o in (*planned, *observed):
-            if o.state == ReplicaState.DRAINING:
-                draining_ids.setdefault(o.deploy_id, set()).add(o.replica_id)
-        started = store.deployments_with_replicas(s)
-        for dep in store.live_deployments(s):
-            reps = by_dep.get(dep.id, [])
-            counts = ReplicaCounts(
-                ready=sum(o.state == ReplicaState.READY for o in reps),
-                starting=sum(o.state == ReplicaState.STARTING for o in reps),
-                draining=len(draining_ids.get(dep.id, ())),
-                ready_current=sum(
-                    o.state == ReplicaState.READY and o.generation == dep.generation for o in reps
-                ),
-                ever_started=dep.id in started,
-                pending=pending.get(dep.id, (0, None))[0],
-            )
-            status = derive_status(
-                StatusInputs(
-                    DesiredState(dep.desired_state),
-                    dep.desired_replicas,
-                    counts,
-                    dep.fail_reason,
-                )
-            ).value
-            n_pending, reason = pending.get(dep.id, (0, None))
-            if dep.desired_state != DesiredState.RUNNING.value:
-                n_pending, reason = 0, None
-            elif reason and counts.draining:
-                # The device it waits for is held by its own replica being replaced.
-                reason = f"waiting for a replica being replaced to stop ({reason})"
-            if status != dep.status:
-                store.add_event(s, dep.id, "status", f"{dep.status} -> {status}")
-                dep.status = status
-                dep.updated_at = utcnow()
-            if (counts.ready, n_pending, reason) != (
-                dep.instances_running,
-                dep.instances_pending,
-                dep.pending_reason,
-            ):
-                if reason and reason != dep.pending_reason:
-                    store.add_event(s, dep.id, "pending", reason)
-                dep.instances_running, dep.instances_pending = counts.ready, n_pending
-                dep.pending_reason = reason
-
-    def _routing_table(
-        self, observed: Sequence[ReplicaObservation]
-    ) -> dict[str, list[ReplicaEndpoint]]:
-        with self.services.db.session() as s:
-            limits = {
-                d.id: (
-                    int(d.config["max_batch_size"]),
-                    int(d.config.get("max_active_adapters", DEFAULT_MAX_ACTIVE_ADAPTERS)),
-                )
-                for d in store.live_deployments(s)
-            }
-        table: dict[str, list[ReplicaEndpoint]] = {}
-        for o in observed:
-            if o.state != ReplicaState.READY or o.base_url is None or o.deploy_id not in limits:
-                continue
-            batch, adapters = limits[o.deploy_id]
-            table.setdefault(o.deploy_id, []).append(
-                ReplicaEndpoint(
-                    o.replica_id, o.deploy_id, o.base_url, batch, o.generation, adapters
-                )
-            )
-        return table
+            self._draining.pop(a.replica_id, None)
 
     async def wait_drains(self) -> None:
         if self._draining:
             await asyncio.gather(*self._draining.values(), return_exceptions=True)
 
-
-def _is_admin(s: Session, dep: Deployment) -> bool:
-    owner = s.get(User, dep.owner_id)
-    return owner is not None and owner.is_admin
+    def close(self) -> None:
+        """Let the store thread go (after the work already handed to it)."""
+        self._store_thread.shutdown(wait=True)

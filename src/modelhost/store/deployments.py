@@ -9,7 +9,13 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from modelhost.domain.deployments import QuotaItem
-from modelhost.domain.status import DesiredState
+from modelhost.domain.status import (
+    DeploymentStatus,
+    DesiredState,
+    ReplicaCounts,
+    StatusInputs,
+    derive_status,
+)
 from modelhost.errors import NotFound
 from modelhost.store.clock import utcnow
 from modelhost.store.tables import Deployment, Event, Replica, User
@@ -48,17 +54,37 @@ def find_by_name(s: Session, username: str, model_name: str) -> Deployment | Non
     )
 
 
+# Statuses only the owner's stop or delete leads to.
+_OWNER_SET = frozenset({DeploymentStatus.STOPPED.value, DeploymentStatus.DELETED.value})
+
+
+def shown_status(dep: Deployment) -> str:
+    """The status the API shows. The reconciler is the only writer of `status`, and the owner's
+    word must not wait for its next pass: a stop or a delete decides the status by itself
+    (`derive_status` looks at no replica then), and a start makes a stored `stopped` stale, so
+    those show what `derive_status` says with no replica known yet. Otherwise the stored status;
+    a new deployment's is the column's initial value, `pending`."""
+    desired = DesiredState(dep.desired_state)
+    stale = desired is not DesiredState.RUNNING or dep.status in _OWNER_SET
+    if not stale:
+        return dep.status
+    inputs = StatusInputs(desired, dep.desired_replicas, ReplicaCounts(), dep.fail_reason)
+    return derive_status(inputs).value
+
+
 def list_for(
     s: Session, who: Principal, statuses: Sequence[str] | None, all_users: bool
 ) -> list[Deployment]:
     q = select(Deployment).order_by(Deployment.created_at)
     if not (all_users and who.is_admin):
         q = q.where(Deployment.owner_id == who.user_id)
-    if statuses:
-        q = q.where(Deployment.status.in_(list(statuses)))
-    if not statuses or "deleted" not in statuses:
+    if not statuses or DeploymentStatus.DELETED.value not in statuses:
         q = q.where(Deployment.deleted_at.is_(None))
-    return list(s.scalars(q))
+    found = list(s.scalars(q))
+    if statuses:
+        # By the status shown, not the stored one (see shown_status): a few rows per owner.
+        found = [d for d in found if shown_status(d) in statuses]
+    return found
 
 
 def list_by_owner(s: Session, owner_id: int) -> list[Deployment]:
@@ -86,6 +112,24 @@ def live_deployments(s: Session) -> list[Deployment]:
     q = (
         select(Deployment)
         .where(or_(Deployment.deleted_at.is_(None), Deployment.id.in_(with_replicas)))
+        .order_by(Deployment.created_at)
+    )
+    return list(s.scalars(q))
+
+
+def reconciled_deployments(s: Session) -> list[Deployment]:
+    """What the reconciler looks at: `live_deployments`, plus deleted ones whose status does
+    not say deleted yet (the reconciler writes it, also for an owner's account deleted)."""
+    with_replicas = select(Replica.deploy_id).where(Replica.exited_at.is_(None))
+    q = (
+        select(Deployment)
+        .where(
+            or_(
+                Deployment.deleted_at.is_(None),
+                Deployment.id.in_(with_replicas),
+                Deployment.status != DeploymentStatus.DELETED.value,
+            )
+        )
         .order_by(Deployment.created_at)
     )
     return list(s.scalars(q))

@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -21,6 +22,8 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from modelhost.domain.status import DeploymentStatus
 
 
 class Base(DeclarativeBase):
@@ -90,7 +93,9 @@ class Deployment(Base):
     # The autoscaler's current target.
     desired_replicas: Mapped[int] = mapped_column(Integer, default=0)
     scale_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
-    status: Mapped[str] = mapped_column(String(16))
+    # Written by the reconciler alone (the API shows the owner's stop or delete at once, see
+    # store.deployments.shown_status); a new deployment is pending until its first pass.
+    status: Mapped[str] = mapped_column(String(16), default=DeploymentStatus.PENDING.value)
     fail_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     instances_running: Mapped[int] = mapped_column(Integer, default=0)
     instances_pending: Mapped[int] = mapped_column(Integer, default=0)
@@ -166,3 +171,16 @@ class Adapter(Base):
     size_bytes: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class DirectoryRevision(Base):
+    """One row (id 1) whose `value` the database's own triggers bump (migration 0003) in every
+    transaction that changes what the gateway's in-memory directory mirrors: users, API tokens
+    (not their last use), deployments' identity, visibility and status, adapters. Each server
+    process polls it to know when to reload (`directory/`): a counter rather than timestamps, so
+    clock skew between hosts and deleted rows cannot hide a change."""
+
+    __tablename__ = "directory_revision"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger, default=0)

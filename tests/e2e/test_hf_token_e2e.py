@@ -1,14 +1,19 @@
 """Rotating a deployment's HF token replaces its replicas, and the new ones run with the new
-token; the token never shows in the deploy object, its events or the replica command line."""
+token; the token never shows in the deploy object, its events or the replica command line. Real
+replica processes (their environment and command line are read from /proc)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from modelhost.store import deployments as store
 from modelhost.store.tables import Deployment, Replica
 from tests.component.live_app import Live, live_app
 from tests.conftest import make_settings, wait_until
+
+pytestmark = pytest.mark.e2e
 
 OLD, NEW = "hf_old_0123456789abcdefOLD", "hf_new_0123456789abcdefNEW"
 
@@ -44,7 +49,7 @@ def generation(live: Live, deploy_id: str) -> int:
 
 def test_a_new_hf_token_replaces_replicas_with_it(tmp_path: Path) -> None:
     settings = make_settings(tmp_path / "data", reconcile_interval_s=0.1)
-    with live_app(settings) as live:
+    with live_app(settings, real_engines=True) as live:
         h = {"Authorization": f"Bearer {live.new_user('alice')}"}
         body = {
             "model_name": "gated",
