@@ -57,7 +57,7 @@ from engine_peers import (
     prompts,
     start_peer,
 )
-from modelhost.catalog import packaged_model_path
+from modelhost.config.catalog import packaged_model_path
 
 
 @dataclass

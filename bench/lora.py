@@ -43,7 +43,7 @@ import torch  # noqa: E402
 
 # The same prompts as the engine benchmark (bench/ is on sys.path when run as a script).
 from engine_peers import TOPICS  # noqa: E402
-from modelhost.catalog import packaged_model_path  # noqa: E402
+from modelhost.config.catalog import packaged_model_path  # noqa: E402
 from modelhost.engine.builtin.generator import BuiltinGenerator, WeightsSource  # noqa: E402
 from modelhost.engine.builtin.loader import LoadedModel, load  # noqa: E402
 from modelhost.engine.builtin.options import BuiltinOptions  # noqa: E402

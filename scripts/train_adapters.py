@@ -26,7 +26,7 @@ from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from modelhost.catalog import packaged_model_path
+from modelhost.config.catalog import packaged_model_path
 from modelhost.engine.builtin.weights import gguf_to_folder
 
 # (English name, French "of" phrase, capital in French). France and Germany are in the training

@@ -12,13 +12,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
+from modelhost.domain.replicas import ReplicaState
 from modelhost.orchestrator.backends.base import (
     AdoptResult,
     ReplicaHandle,
     ReplicaRecord,
     ReplicaStartSpec,
 )
-from modelhost.orchestrator.types import ReplicaObservation, ReplicaState
+from modelhost.orchestrator.types import ReplicaObservation
 
 FIRST_PORT = 20000
 FIRST_PID = 500000

@@ -10,16 +10,12 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
+from modelhost.domain.replicas import LaunchSpec, ReplicaState
 from modelhost.domain.routing import ReplicaEndpoint
 from modelhost.domain.status import DesiredState
 from modelhost.orchestrator.backends.base import AdoptResult, ReplicaRecord
 from modelhost.orchestrator.ports import StatusRecord, StoredDeployment
-from modelhost.orchestrator.types import (
-    LaunchSpec,
-    ReplicaObservation,
-    ReplicaState,
-    StartReplica,
-)
+from modelhost.orchestrator.types import ReplicaObservation, StartReplica
 from tests.fake_backend import FakeBackend
 
 GPU = "A100-80GB"

@@ -17,7 +17,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from modelhost.client import Client
-    from modelhost.client_errors import (
+    from modelhost.client.errors import (
         ModelhostAPIError,
         ModelhostConnectionError,
         ModelhostError,
@@ -28,10 +28,10 @@ if TYPE_CHECKING:
 # pay for httpx and pydantic models they never use.
 _LAZY = {
     "Client": "modelhost.client",
-    "ModelhostAPIError": "modelhost.client_errors",
-    "ModelhostConnectionError": "modelhost.client_errors",
-    "ModelhostError": "modelhost.client_errors",
-    "ModelhostTimeoutError": "modelhost.client_errors",
+    "ModelhostAPIError": "modelhost.client",
+    "ModelhostConnectionError": "modelhost.client",
+    "ModelhostError": "modelhost.client",
+    "ModelhostTimeoutError": "modelhost.client",
 }
 
 

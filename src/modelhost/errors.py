@@ -1,6 +1,6 @@
 """One exception hierarchy for the control plane and gateway.
 
-Code inside raises these; only `modelhost.api.errors` turns them into HTTP responses, in the
+Code inside raises these; only `modelhost.web.errors` turns them into HTTP responses, in the
 OpenAI-style shape `{"error": {"message", "type", "param", "code"}}` of the API contract.
 """
 

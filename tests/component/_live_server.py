@@ -18,7 +18,7 @@ from pathlib import Path
 
 import uvicorn
 
-from modelhost.api.app import create_app
+from modelhost.serve.app import create_app
 from tests.component.inprocess_engines import InProcessBackend
 from tests.conftest import ADMIN_TOKEN, make_settings
 

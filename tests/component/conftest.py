@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import pytest
 from starlette.testclient import TestClient
 
-from modelhost.api.app import create_app
 from modelhost.config import Settings
+from modelhost.serve.app import create_app
 from tests.component.inprocess_engines import InProcessBackend
 from tests.conftest import ADMIN_TOKEN, auth
 

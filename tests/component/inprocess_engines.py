@@ -13,12 +13,12 @@ import threading
 
 import uvicorn
 
+from modelhost.domain.replicas import Device
 from modelhost.engine.__main__ import build_generator, describe_failure, split_server_flags
 from modelhost.engine.args import parse
 from modelhost.engine.protocol import Generator
 from modelhost.engine.server import create_app
 from modelhost.orchestrator.backends.base import ReplicaStartSpec
-from modelhost.orchestrator.inventory import Device
 from modelhost.runtimes import RuntimeConfigError, resolve
 from tests.fake_backend import FakeBackend, LaunchFailed
 

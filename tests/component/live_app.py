@@ -13,9 +13,9 @@ from urllib.parse import urlsplit
 import httpx
 from fastapi import FastAPI
 
-from modelhost.api.app import create_app
 from modelhost.config import Settings
-from modelhost.services import Services
+from modelhost.serve.app import create_app
+from modelhost.serve.services import Services
 from tests.component._live_server import serve_app
 from tests.component.inprocess_engines import InProcessBackend
 from tests.conftest import ADMIN_TOKEN, auth

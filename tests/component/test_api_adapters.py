@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from modelhost.catalog import packaged_model_path
 from modelhost.config import Settings
+from modelhost.config.catalog import packaged_model_path
 from tests.adapters_fixture import write_adapter
 from tests.component.conftest import Api
 from tests.conftest import auth, make_settings

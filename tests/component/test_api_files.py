@@ -8,7 +8,7 @@ import os
 import stat
 from pathlib import Path
 
-from modelhost.api.app import create_app
+from modelhost.serve.app import create_app
 from tests.component.inprocess_engines import InProcessBackend
 from tests.component.live_app import live_app
 from tests.conftest import auth, make_settings

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from modelhost.catalog import packaged_model_path
+from modelhost.config.catalog import packaged_model_path
 from tests.adapters_fixture import write_adapter
 from tests.component.live_app import Live, live_app
 from tests.conftest import ADMIN_TOKEN, auth, make_settings

@@ -74,7 +74,7 @@ def test_deleted_user_token_stops_working_and_name_is_free(api: Api) -> None:
 def test_generated_admin_token_file_is_private(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from starlette.testclient import TestClient
 
-    from modelhost.api.app import create_app
+    from modelhost.serve.app import create_app
     from tests.component.inprocess_engines import InProcessBackend
     from tests.conftest import make_settings
 

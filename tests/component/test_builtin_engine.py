@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from modelhost.catalog import packaged_model_path
+from modelhost.config.catalog import packaged_model_path
 from modelhost.engine.builtin.generator import BuiltinGenerator, WeightsSource
 from modelhost.engine.builtin.loader import LoadedModel, load
 from modelhost.engine.builtin.options import BuiltinOptions

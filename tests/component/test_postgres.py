@@ -6,7 +6,7 @@ from pathlib import Path
 
 from starlette.testclient import TestClient
 
-from modelhost.api.app import create_app
+from modelhost.serve.app import create_app
 from tests.component.inprocess_engines import InProcessBackend
 from tests.conftest import ADMIN_TOKEN, auth, make_settings
 from tests.pg import pg_url  # noqa: F401  (fixture)

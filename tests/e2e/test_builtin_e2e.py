@@ -7,7 +7,7 @@ from __future__ import annotations
 import openai
 import pytest
 
-from modelhost.catalog import packaged_model_path
+from modelhost.config.catalog import packaged_model_path
 from tests.conftest import (
     ADMIN_TOKEN,
     ServeProcess,

@@ -20,17 +20,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from modelhost.domain.replicas import Device, LaunchSpec, ReplicaState
 from modelhost.orchestrator.backends.base import ReplicaRecord, ReplicaStartSpec
 from modelhost.orchestrator.backends.local import LocalBackend
 from modelhost.orchestrator.backends.local_process import proc_start_ticks, proc_stat
-from modelhost.orchestrator.inventory import Device, Inventory
+from modelhost.orchestrator.inventory import Inventory
 from modelhost.orchestrator.reconciler import Reconciler
-from modelhost.orchestrator.types import (
-    LaunchSpec,
-    ReplicaObservation,
-    ReplicaState,
-    RestartPolicy,
-)
+from modelhost.orchestrator.types import ReplicaObservation, RestartPolicy
 from modelhost.runtimes import Runtime, RuntimeConfigError, resolve
 from modelhost.runtimes.base import base_env
 from tests.orchestrator_fakes import FakeRouting, MemoryStore, Row

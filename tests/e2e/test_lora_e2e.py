@@ -14,7 +14,7 @@ from typing import Any
 import openai
 import pytest
 
-from modelhost.catalog import packaged_model_path
+from modelhost.config.catalog import packaged_model_path
 from tests.conftest import ADMIN_TOKEN, ServeProcess
 from tests.e2e.test_serve_lifecycle import wait_status
 

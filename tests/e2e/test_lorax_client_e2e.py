@@ -13,7 +13,7 @@ import pytest
 from lorax import AsyncClient, Client
 from lorax.errors import NotFoundError, ValidationError, parse_error
 
-from modelhost.catalog import packaged_model_path
+from modelhost.config.catalog import packaged_model_path
 from tests.conftest import ADMIN_TOKEN, ServeProcess, auth, wait_until
 
 pytestmark = [

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from modelhost.catalog import packaged_model_path
+from modelhost.config.catalog import packaged_model_path
 from modelhost.engine.builtin.options import default_cache_dir
 from tests.conftest import free_port
 

@@ -119,9 +119,9 @@ def test_serve_command_hands_the_settings_to_the_server(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     got: list[Settings] = []
-    fake = types.ModuleType("modelhost.server")
+    fake = types.ModuleType("modelhost.serve.process")
     fake.run = got.append  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "modelhost.server", fake)
+    monkeypatch.setitem(sys.modules, "modelhost.serve.process", fake)
     monkeypatch.setenv("MODELHOST_CONFIG", "")
     monkeypatch.delenv("MODELHOST_PORT", raising=False)
     args = ["serve", "--port", "8123", "--data-dir", str(tmp_path), "--gpus", "H100-80GB:2"]

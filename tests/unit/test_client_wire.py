@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from modelhost import Client, ModelhostAPIError, ModelhostConnectionError, ModelhostTimeoutError
-from modelhost.client_sse import ChatDelta, iter_chat_deltas, iter_sse_data
+from modelhost.client.sse import ChatDelta, iter_chat_deltas, iter_sse_data
 
 Handler = Callable[[httpx.Request], httpx.Response]
 
@@ -352,7 +352,7 @@ def test_a_dropped_stream_is_an_error_not_a_short_answer() -> None:
 
 
 def test_a_deployment_waiting_for_capacity_says_why() -> None:
-    from modelhost.client_models import Deployment
+    from modelhost.client.models import Deployment
 
     base = {"deploy_id": "d1", "model_name": "bob/m", "status": "pending"}
     starting = Deployment.model_validate(base)

@@ -7,9 +7,9 @@ from dataclasses import replace
 import pytest
 from cryptography.fernet import Fernet
 
-from modelhost.domain.engine_flags import owned_flags, refused_engine_args
+from modelhost.domain.replicas import Device
 from modelhost.engine.args import parse
-from modelhost.orchestrator.inventory import Device
+from modelhost.engine.owned_flags import owned_flags, refused_engine_args
 from modelhost.orchestrator.launch import launch_spec
 from modelhost.runtimes import BuiltinRuntime, SimulatorRuntime
 from modelhost.security.secretbox import SecretBox

@@ -9,7 +9,6 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import httpx
 import pytest
 
 from modelhost.domain.routing import ReplicaEndpoint
@@ -18,6 +17,7 @@ from modelhost.gateway.drain import Drain, DrainMiddleware
 from modelhost.gateway.pool import DeploymentPool, PoolLimits
 from modelhost.gateway.proxy import ClientGone, ForwardResult, Upstream, forward
 from modelhost.gateway.stream import ProxiedStream
+from modelhost.gateway.upstream import UpstreamClient
 from tests.conftest import free_port
 
 SSE_HEAD = (
@@ -103,9 +103,12 @@ async def replicas() -> AsyncIterator[Callable[[str], Awaitable[Replica]]]:
 
 
 @pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=httpx.Timeout(30, connect=5)) as c:
+async def client() -> AsyncIterator[UpstreamClient]:
+    c = UpstreamClient(30)
+    try:
         yield c
+    finally:
+        await c.aclose()
 
 
 def make_pool(
@@ -133,7 +136,7 @@ async def bounded(predicate: Callable[[], bool], what: str, timeout: float = 10.
 
 async def test_a_slot_granted_while_the_client_leaves_is_released(
     replicas: Callable[[str], Awaitable[Replica]],
-    client: httpx.AsyncClient,
+    client: UpstreamClient,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The race of issue 9 item 1: the lease and the upstream answer arrive while the gateway
@@ -168,7 +171,7 @@ async def test_a_slot_granted_while_the_client_leaves_is_released(
 
 async def test_a_slot_granted_as_a_queued_client_leaves_is_released(
     replicas: Callable[[str], Awaitable[Replica]],
-    client: httpx.AsyncClient,
+    client: UpstreamClient,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The other side of the race: a queued request's slot is granted in the very step in
@@ -201,13 +204,10 @@ async def test_a_slot_granted_as_a_queued_client_leaves_is_released(
 
 
 async def test_a_stream_whose_client_left_as_it_began_releases_its_slot(
-    replicas: Callable[[str], Awaitable[Replica]], client: httpx.AsyncClient
+    replicas: Callable[[str], Awaitable[Replica]], client: UpstreamClient
 ) -> None:
     replica = await replicas("stream")
-    upstream = await client.send(
-        client.build_request("POST", f"http://127.0.0.1:{replica.port}/x", content=b"{}"),
-        stream=True,
-    )
+    upstream = await client.post(f"http://127.0.0.1:{replica.port}", "/x", b"{}", {})
     ended: list[int] = []
     response = ProxiedStream(
         upstream,
@@ -232,7 +232,7 @@ async def test_a_stream_whose_client_left_as_it_began_releases_its_slot(
 
 
 async def test_a_replica_that_closes_before_answering_is_retried_on_another(
-    replicas: Callable[[str], Awaitable[Replica]], client: httpx.AsyncClient
+    replicas: Callable[[str], Awaitable[Replica]], client: UpstreamClient
 ) -> None:
     dying, healthy = await replicas("close"), await replicas("json")
     pool = make_pool(dying.endpoint("r1"), healthy.endpoint("r2"))
@@ -255,7 +255,7 @@ async def test_a_replica_that_closes_before_answering_is_retried_on_another(
 
 
 async def test_a_refused_request_waits_for_the_replacement_replica(
-    replicas: Callable[[str], Awaitable[Replica]], client: httpx.AsyncClient
+    replicas: Callable[[str], Awaitable[Replica]], client: UpstreamClient
 ) -> None:
     """The only replica died (connections refused) but the routing snapshot still lists it for
     a pass or two: the request is held for the replacement instead of failing at once."""
@@ -278,7 +278,7 @@ async def test_a_refused_request_waits_for_the_replacement_replica(
 
 
 async def test_the_drain_ends_a_stream_with_an_error_event(
-    replicas: Callable[[str], Awaitable[Replica]], client: httpx.AsyncClient
+    replicas: Callable[[str], Awaitable[Replica]], client: UpstreamClient
 ) -> None:
     replica = await replicas("stream")
     pool = make_pool(replica.endpoint("r1"))

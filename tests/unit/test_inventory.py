@@ -6,8 +6,8 @@ import subprocess
 
 import pytest
 
+from modelhost.domain.replicas import VIRTUAL_DEVICES_ENV, ReplicaState
 from modelhost.orchestrator.inventory import (
-    VIRTUAL_DEVICES_ENV,
     GpuInfo,
     Inventory,
     InventoryError,
@@ -16,7 +16,8 @@ from modelhost.orchestrator.inventory import (
     parse_nvidia_smi,
     parse_virtual_spec,
 )
-from modelhost.orchestrator.types import ReplicaObservation, ReplicaState
+from modelhost.orchestrator.types import ReplicaObservation
+from modelhost.runtimes.base import device_env, torch_device
 
 SMI_OUTPUT = """\
 0, NVIDIA H100 80GB HBM3, 81559 MiB
@@ -111,14 +112,18 @@ def test_inventory_types_free_and_env() -> None:
         "A100-80GB": ["A100-80GB#1", "A100-80GB#2"],
         "CPU": ["cpu#0"],
     }
-    assert inv.env_for(["cuda#0", "cuda#1"]) == {"CUDA_VISIBLE_DEVICES": "0,1"}
-    assert inv.torch_device(["cuda#1"]) == "cuda"
-    assert inv.env_for(["A100-80GB#1", "A100-80GB#2"]) == {
+
+    def env_for(ids: list[str]) -> dict[str, str]:
+        return device_env([inv.device(d) for d in ids])
+
+    assert env_for(["cuda#0", "cuda#1"]) == {"CUDA_VISIBLE_DEVICES": "0,1"}
+    assert torch_device([inv.device("cuda#1")]) == "cuda"
+    assert env_for(["A100-80GB#1", "A100-80GB#2"]) == {
         "CUDA_VISIBLE_DEVICES": "",
         VIRTUAL_DEVICES_ENV: "A100-80GB#1,A100-80GB#2",
     }
-    assert inv.torch_device(["A100-80GB#1"]) == "cpu"
-    assert inv.env_for(["cpu#0"])["CUDA_VISIBLE_DEVICES"] == ""
+    assert torch_device([inv.device("A100-80GB#1")]) == "cpu"
+    assert env_for(["cpu#0"])["CUDA_VISIBLE_DEVICES"] == ""
 
 
 def test_virtual_type_clashing_with_a_real_one_is_refused() -> None:

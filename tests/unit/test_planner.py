@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+from modelhost.domain.replicas import LaunchSpec, ReplicaState
 from modelhost.orchestrator.inventory import Inventory
 from modelhost.orchestrator.planner import plan, track_failures
 from modelhost.orchestrator.types import (
@@ -13,10 +14,8 @@ from modelhost.orchestrator.types import (
     DesiredDeployment,
     DrainReplica,
     FailureHistory,
-    LaunchSpec,
     MarkErrored,
     ReplicaObservation,
-    ReplicaState,
     ReportPending,
     RestartPolicy,
     StartReplica,

@@ -10,10 +10,11 @@ from dataclasses import dataclass
 
 import pytest
 
+from modelhost.domain.replicas import ReplicaState
 from modelhost.domain.status import DesiredState
 from modelhost.orchestrator.inventory import Inventory
 from modelhost.orchestrator.reconciler import DRAIN_POLL_S, Reconciler
-from modelhost.orchestrator.types import ReplicaState, RestartPolicy
+from modelhost.orchestrator.types import RestartPolicy
 from tests.fake_backend import FakeBackend, Survivor
 from tests.orchestrator_fakes import GPU, FakeClock, FakeRouting, MemoryStore, Row
 

@@ -6,9 +6,8 @@ import sys
 
 import pytest
 
+from modelhost.domain.replicas import VIRTUAL_DEVICES_ENV, Device, LaunchSpec
 from modelhost.engine.args import parse
-from modelhost.orchestrator.inventory import VIRTUAL_DEVICES_ENV, Device
-from modelhost.orchestrator.types import LaunchSpec
 from modelhost.runtimes import (
     BuiltinRuntime,
     RuntimeConfigError,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import logging
 
-from modelhost.serve_logging import RedactQueries, redact_queries
+from modelhost.serve.log_config import RedactQueries, redact_queries
 
 
 def test_values_are_replaced_and_keys_kept() -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from modelhost.adapters.hub_errors import describe_hub_error
 from modelhost.adapters.validate import AdapterError
 
 CONFIG = "adapter_config.json"
@@ -91,8 +92,6 @@ def download_hf(repo: str, revision: str | None, token: str | None, dest: Path) 
     os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", str(int(HUB_TIMEOUT_S)))
     os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", str(int(HUB_TIMEOUT_S)))
     from huggingface_hub import snapshot_download
-
-    from modelhost.engine.builtin.hub import describe_hub_error
 
     with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
         try:

@@ -10,19 +10,18 @@ from pydantic import BaseModel, ConfigDict, Field
 from modelhost.adapters import files
 from modelhost.adapters.base_dims import base_dims
 from modelhost.adapters.validate import AdapterError, check_adapter
-from modelhost.api.deps import PrincipalDep, ServicesDep
-from modelhost.api.openapi import errors
+from modelhost.api.deps import ApiServices, PrincipalDep, ServicesDep
 from modelhost.api.schemas import HFWeights, LocalWeights
 from modelhost.domain.deployments import MODEL_NAME_RE
 from modelhost.errors import Conflict, NotFound, ValidationFailed
 from modelhost.orchestrator.launch import weights_path
 from modelhost.security.local_sources import allowed_local_path
 from modelhost.security.tokens import new_id
-from modelhost.services import Services
 from modelhost.store import adapters as store
 from modelhost.store import deployments as deps_store
 from modelhost.store.clock import iso, utcnow
 from modelhost.store.tables import Adapter, Deployment, User
+from modelhost.web.openapi import errors
 
 router = APIRouter()
 NOTES = {
@@ -66,7 +65,7 @@ def adapter_object(a: Adapter, owner: str, base_name: str) -> dict[str, Any]:
     }
 
 
-def _view(services: Services, a: Adapter) -> dict[str, Any]:
+def _view(services: ApiServices, a: Adapter) -> dict[str, Any]:
     with services.db.session() as s:
         base = s.get(Deployment, a.base_deploy_id)
         owner = deps_store.owner_name(s, base) if base else "?"
@@ -75,7 +74,7 @@ def _view(services: Services, a: Adapter) -> dict[str, Any]:
         return adapter_object(a, user.username if user else "?", base_name)
 
 
-def _base(services: Services, who: Any, base: str) -> Deployment:
+def _base(services: ApiServices, who: Any, base: str) -> Deployment:
     username, _, name = base.partition("/")
     with services.db.session() as s:
         dep = deps_store.find_by_name(s, username, name) if name else None

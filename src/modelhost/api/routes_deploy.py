@@ -12,8 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Query
 from sqlalchemy.orm import Session
 
-from modelhost.api.deps import PrincipalDep, ServicesDep
-from modelhost.api.openapi import errors
+from modelhost.api.deps import ApiServices, PrincipalDep, ServicesDep
 from modelhost.api.schemas import CreateLLM, UpdateDeployment
 from modelhost.api.views import deploy_object
 from modelhost.domain.autoscaling import AutoscalingSettings, SettingsError, validate_settings
@@ -24,26 +23,26 @@ from modelhost.domain.deployments import (
     QuotaItem,
     quota_error,
 )
-from modelhost.domain.engine_flags import (
-    refusal_message,
-    refused_engine_args,
-    server_path_args,
-)
 from modelhost.domain.fair_share import (
     cpu_quota_error,
     cpu_slots_per_user,
     owner_cpu_limit,
 )
 from modelhost.domain.status import DeploymentStatus, DesiredState
+from modelhost.engine.owned_flags import (
+    refusal_message,
+    refused_engine_args,
+    server_path_args,
+)
 from modelhost.errors import Conflict, Forbidden, QuotaExceeded, ValidationFailed
 from modelhost.security.local_sources import allowed_local_path
 from modelhost.security.tokens import new_id
-from modelhost.services import Services
 from modelhost.store import adapters as adapters_store
 from modelhost.store import deployments as store
 from modelhost.store.clock import utcnow
 from modelhost.store.tables import Deployment
 from modelhost.store.users import Principal
+from modelhost.web.openapi import errors
 
 router = APIRouter()
 
@@ -71,7 +70,7 @@ def _settings(
         ) from exc
 
 
-def _check_gpu(services: Services, gpu: str, num_gpus: int) -> None:
+def _check_gpu(services: ApiServices, gpu: str, num_gpus: int) -> None:
     totals = dict(services.inventory.types())
     if gpu not in totals:
         known = ", ".join(sorted(totals))
@@ -98,7 +97,7 @@ def _check_engine_args(args: list[str], param: str, who: Principal) -> None:
         )
 
 
-def _weights(body: CreateLLM, services: Services, who: Principal) -> dict[str, Any]:
+def _weights(body: CreateLLM, services: ApiServices, who: Principal) -> dict[str, Any]:
     given = [k for k in ("hf", "local", "base_model") if getattr(body, k) is not None]
     if len(given) > 1:
         raise ValidationFailed(
@@ -156,7 +155,7 @@ def _check_quota(s: Session, who: Principal, item: QuotaItem, exclude: str | Non
         raise QuotaExceeded(message, param="settings.max_instances")
 
 
-def _check_cpu_share(services: Services, owner: Principal, gpu: str, min_instances: int) -> None:
+def _check_cpu_share(services: ApiServices, owner: Principal, gpu: str, min_instances: int) -> None:
     """A CPU deployment whose floor alone exceeds what one user may hold can never run it."""
     if gpu != CPU:
         return
@@ -308,7 +307,7 @@ def update_deployment(
 
 
 def _apply_config(
-    dep: Deployment, body: UpdateDeployment, services: Services, who: Principal
+    dep: Deployment, body: UpdateDeployment, services: ApiServices, who: Principal
 ) -> None:
     assert body.config is not None
     config = dict(dep.config)
@@ -345,7 +344,7 @@ def _apply_config(
         dep.fail_reason = None
 
 
-def _set_hf_token(dep: Deployment, token: str | None, services: Services) -> bool:
+def _set_hf_token(dep: Deployment, token: str | None, services: ApiServices) -> bool:
     """Store the new token (None: remove it); True if it differs from the current one."""
     current = services.secrets.decrypt(dep.hf_token_enc) if dep.hf_token_enc else None
     # (A stored token the key no longer decrypts reads as None; removing it is a change.)

@@ -13,15 +13,14 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
-from modelhost.api.deps import PrincipalDep, ServicesDep
-from modelhost.api.openapi import errors
+from modelhost.api.deps import ApiServices, PrincipalDep, ServicesDep
 from modelhost.api.views import event_object
 from modelhost.domain.deployments import CPU
 from modelhost.orchestrator.backends import log_stamps
-from modelhost.services import Services
 from modelhost.store import deployments as store
 from modelhost.store.clock import iso
 from modelhost.store.tables import Replica
+from modelhost.web.openapi import errors
 
 router = APIRouter()
 
@@ -77,7 +76,7 @@ def events(
 
 
 def _replica_logs(
-    services: Services, who: Any, deploy_id: str, replica: str | None, since: float | None
+    services: ApiServices, who: Any, deploy_id: str, replica: str | None, since: float | None
 ) -> list[Replica]:
     with services.db.session() as s:
         store.get_owned(s, who, deploy_id)
@@ -124,7 +123,7 @@ def logs(
 
 
 async def _follow(
-    services: Services,
+    services: ApiServices,
     who: Any,
     deploy_id: str,
     replica: str | None,

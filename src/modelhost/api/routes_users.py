@@ -7,7 +7,6 @@ from typing import Any
 from fastapi import APIRouter
 
 from modelhost.api.deps import AdminDep, PrincipalDep, ServicesDep
-from modelhost.api.openapi import errors
 from modelhost.api.schemas import CreateToken, CreateUser
 from modelhost.api.views import token_object, user_object
 from modelhost.domain.deployments import USERNAME_RE, gpus_reserved
@@ -16,6 +15,7 @@ from modelhost.errors import ValidationFailed
 from modelhost.store import deployments as deps_store
 from modelhost.store import users as users_store
 from modelhost.store.clock import utcnow
+from modelhost.web.openapi import errors
 
 router = APIRouter()
 ADMIN = {403: "the caller is not an admin (`admin_only`)"}

@@ -9,7 +9,7 @@ import typer
 from modelhost.cli import output
 from modelhost.cli.session import describe_api_error, open_client
 from modelhost.client import Client
-from modelhost.client_errors import ModelhostAPIError
+from modelhost.client.errors import ModelhostAPIError
 
 _REPL_HELP = "Type a message; /reset clears the conversation, /exit (or Ctrl-D) quits."
 

@@ -13,7 +13,7 @@ from rich.markup import escape
 from modelhost.cli import deploy_render, output
 from modelhost.cli.session import CliError, deployment_id, open_client
 from modelhost.client import Client
-from modelhost.client_models import Deployment
+from modelhost.client.models import Deployment
 
 DeployRef = Annotated[str, typer.Argument(help="Deploy id, or <username>/<model_name>.")]
 

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from modelhost.cli import output
-from modelhost.client_models import DeployEvent, Deployment, GpuType
+from modelhost.client.models import DeployEvent, Deployment, GpuType
 
 # Shown first and in this order by `deploy info`; every other key follows, so fields a newer
 # server adds (autoscaling details, ...) are never hidden.

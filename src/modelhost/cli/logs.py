@@ -10,7 +10,7 @@ import typer
 
 from modelhost.cli import output
 from modelhost.cli.session import CliError, deployment_id, open_client
-from modelhost.client_models import LogEntry
+from modelhost.client.models import LogEntry
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 

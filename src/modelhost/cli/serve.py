@@ -81,7 +81,7 @@ def serve(
         typer.echo(f"modelhost cannot start: {problems[0]}", err=True)
         raise typer.Exit(1)
     # Imported here: the server pulls in the whole control plane, which no client command needs.
-    from modelhost.server import run
+    from modelhost.serve.process import run
 
     run(settings)
 

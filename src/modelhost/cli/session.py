@@ -13,7 +13,7 @@ from typer.core import TyperGroup
 
 from modelhost.cli import config_store, output
 from modelhost.client import Client
-from modelhost.client_errors import (
+from modelhost.client.errors import (
     ModelhostAPIError,
     ModelhostConnectionError,
     ModelhostError,

@@ -15,8 +15,8 @@ import asyncio
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from modelhost.api.errors import error_response
 from modelhost.errors import Unavailable
+from modelhost.web.errors import error_response
 
 # The margin between cutting requests and uvicorn's own deadline: time for the error events
 # to be written and the connections to close.

@@ -12,9 +12,6 @@ import pydantic_core
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from modelhost.api.deps import authenticate, bearer_token
-from modelhost.api.errors import error_response
-from modelhost.api.openapi import LORAX_INFERENCE, OPENAI_INFERENCE, errors
 from modelhost.directory.snapshot import Snapshot
 from modelhost.domain.status import (
     NO_CAPACITY_RETRY_AFTER_S,
@@ -30,6 +27,7 @@ from modelhost.errors import (
     QueueFull,
     Unavailable,
 )
+from modelhost.gateway.context import GatewayServices
 from modelhost.gateway.core import Gateway
 from modelhost.gateway.drain import shutting_down
 from modelhost.gateway.proxy import ClientGone, Upstream, forward
@@ -44,16 +42,18 @@ from modelhost.gateway.resolve import (
 )
 from modelhost.gateway.stream import Style
 from modelhost.gateway.validate import check_inference
-from modelhost.services import Services
 from modelhost.store.users import Principal
+from modelhost.web.auth import authenticate, bearer_token
+from modelhost.web.errors import error_response
+from modelhost.web.openapi import LORAX_INFERENCE, OPENAI_INFERENCE, errors
 
 router = APIRouter()
 # What a LoRAX /health of a deployment without a ready replica suggests before asking again.
 HEALTH_RETRY_AFTER_S = 5
 
 
-def _services(request: Request) -> Services:
-    services: Services = request.app.state.services
+def _services(request: Request) -> GatewayServices:
+    services: GatewayServices = request.app.state.services
     return services
 
 

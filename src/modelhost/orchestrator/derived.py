@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence, Set
 
+from modelhost.domain.replicas import ReplicaState
 from modelhost.domain.routing import ReplicaEndpoint
 from modelhost.domain.status import DesiredState, ReplicaCounts, StatusInputs, derive_status
 from modelhost.orchestrator.ports import StatusRecord, StoredDeployment
-from modelhost.orchestrator.types import ReplicaObservation, ReplicaState
+from modelhost.orchestrator.types import ReplicaObservation
 
 
 def deployment_statuses(

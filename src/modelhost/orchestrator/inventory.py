@@ -15,12 +15,12 @@ import subprocess
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from modelhost.orchestrator.types import CPU_TYPE, ReplicaObservation
+from modelhost.domain.replicas import CPU_TYPE, Device
+from modelhost.orchestrator.types import ReplicaObservation
 
 log = logging.getLogger(__name__)
 
 NVIDIA_SMI_ARGS = ("--query-gpu=index,name,memory.total", "--format=csv,noheader")
-VIRTUAL_DEVICES_ENV = "MODELHOST_VIRTUAL_DEVICES"
 
 _TYPE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -58,14 +58,6 @@ class GpuInfo:
     index: int
     name: str
     memory_mib: int
-
-
-@dataclass(frozen=True)
-class Device:
-    device_id: str  # "cuda#0" (real), "A100-80GB#3" (virtual), "cpu#1"
-    gpu_type: str
-    index: int  # the CUDA index for real GPUs; a running number otherwise
-    virtual: bool  # True for virtual GPUs and CPU slots: no CUDA device behind it
 
 
 def gpu_type_for(name: str, memory_mib: int) -> str:
@@ -155,23 +147,6 @@ def discover_nvidia(
         return []
 
 
-def device_env(devices: Sequence[Device]) -> dict[str, str]:
-    """Narrow a process to its devices: real GPUs by CUDA index. Virtual GPUs and CPU slots
-    hide every CUDA device, so the engine runs on the CPU, and name the devices they stand for."""
-    real = [d for d in devices if not d.virtual]
-    if real:
-        return {"CUDA_VISIBLE_DEVICES": ",".join(str(d.index) for d in real)}
-    return {
-        "CUDA_VISIBLE_DEVICES": "",
-        VIRTUAL_DEVICES_ENV: ",".join(d.device_id for d in devices),
-    }
-
-
-def torch_device(devices: Sequence[Device]) -> str:
-    """`cuda` when the replica has a real GPU, else `cpu`."""
-    return "cuda" if any(not d.virtual for d in devices) else "cpu"
-
-
 class Inventory:
     """An immutable set of devices grouped by type."""
 
@@ -248,13 +223,6 @@ class Inventory:
 
     def available(self, observed: Iterable[ReplicaObservation]) -> dict[str, int]:
         return {t: len(ids) for t, ids in self.free(observed).items()}
-
-    def env_for(self, device_ids: Sequence[str]) -> dict[str, str]:
-        """Environment narrowing a replica to its devices."""
-        return device_env([self.device(d) for d in device_ids])
-
-    def torch_device(self, device_ids: Sequence[str]) -> str:
-        return torch_device([self.device(d) for d in device_ids])
 
     def summary(self) -> Mapping[str, int]:
         return dict(self.types())

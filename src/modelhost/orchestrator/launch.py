@@ -6,9 +6,10 @@ from collections.abc import Sequence
 
 from sqlalchemy.orm import Session
 
-from modelhost.catalog import CatalogModel
+from modelhost.config.catalog import CatalogModel
 from modelhost.domain.deployments import DEFAULT_MAX_ACTIVE_ADAPTERS, resolve_engine
-from modelhost.orchestrator.types import DesiredDeployment, LaunchSpec
+from modelhost.domain.replicas import LaunchSpec
+from modelhost.orchestrator.types import DesiredDeployment
 from modelhost.security.secretbox import SecretBox
 from modelhost.store import adapters as adapters_store
 from modelhost.store.tables import Deployment, User

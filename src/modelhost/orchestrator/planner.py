@@ -24,16 +24,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from modelhost.domain.replicas import CPU_TYPE, ReplicaState
 from modelhost.orchestrator.inventory import Inventory
 from modelhost.orchestrator.types import (
-    CPU_TYPE,
     Action,
     DesiredDeployment,
     DrainReplica,
     FailureHistory,
     MarkErrored,
     ReplicaObservation,
-    ReplicaState,
     ReportPending,
     RestartPolicy,
     StartReplica,

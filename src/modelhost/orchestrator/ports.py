@@ -14,10 +14,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from modelhost.domain.replicas import LaunchSpec
 from modelhost.domain.routing import ReplicaEndpoint
 from modelhost.domain.status import DesiredState
 from modelhost.orchestrator.backends.base import AdoptResult, ReplicaRecord
-from modelhost.orchestrator.types import LaunchSpec, ReplicaObservation, StartReplica
+from modelhost.orchestrator.types import ReplicaObservation, StartReplica
 
 
 class RoutingSink(Protocol):

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from modelhost.domain.fair_share import cpu_slots_per_user, owner_cpu_limit
+from modelhost.domain.replicas import CPU_TYPE, ReplicaState
 from modelhost.orchestrator.backends.base import Backend, ReplicaStartSpec
 from modelhost.orchestrator.derived import deployment_statuses, routing_table
 from modelhost.orchestrator.inventory import Inventory
@@ -38,14 +39,12 @@ from modelhost.orchestrator.ports import (
     SystemClock,
 )
 from modelhost.orchestrator.types import (
-    CPU_TYPE,
     Action,
     DesiredDeployment,
     DrainReplica,
     FailureHistory,
     MarkErrored,
     ReplicaObservation,
-    ReplicaState,
     ReportPending,
     RestartPolicy,
     StartReplica,

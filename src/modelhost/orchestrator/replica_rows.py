@@ -7,8 +7,9 @@ from datetime import UTC, datetime
 
 from sqlalchemy.orm import Session
 
+from modelhost.domain.replicas import ReplicaState
 from modelhost.orchestrator.backends.base import ReplicaRecord
-from modelhost.orchestrator.types import ReplicaObservation, ReplicaState, StartReplica
+from modelhost.orchestrator.types import ReplicaObservation, StartReplica
 from modelhost.store import deployments as store
 from modelhost.store.clock import utcnow
 from modelhost.store.tables import Replica

@@ -9,14 +9,15 @@ from dataclasses import dataclass, field, replace
 
 from sqlalchemy.orm import Session
 
-from modelhost.catalog import CatalogModel
+from modelhost.config.catalog import CatalogModel
 from modelhost.domain.deployments import DEFAULT_MAX_ACTIVE_ADAPTERS
+from modelhost.domain.replicas import ReplicaState
 from modelhost.domain.status import DesiredState
 from modelhost.orchestrator.backends.base import AdoptResult, ReplicaRecord
 from modelhost.orchestrator.launch import launch_spec, preloaded_adapter_ids
 from modelhost.orchestrator.ports import StatusRecord, StoredDeployment
 from modelhost.orchestrator.replica_rows import record_start, sync_rows
-from modelhost.orchestrator.types import ReplicaObservation, ReplicaState, StartReplica
+from modelhost.orchestrator.types import ReplicaObservation, StartReplica
 from modelhost.security.secretbox import SecretBox
 from modelhost.store import deployments as store
 from modelhost.store.clock import utcnow

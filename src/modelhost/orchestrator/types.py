@@ -8,52 +8,9 @@ Times are wall-clock seconds (`time.time()`), the same clock the reconciler pass
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
-from enum import StrEnum
+from dataclasses import dataclass, replace
 
-# The device type every server offers: one slot of the host's CPUs per replica.
-CPU_TYPE = "CPU"
-
-
-class ReplicaState(StrEnum):
-    STARTING = "starting"
-    READY = "ready"
-    DRAINING = "draining"
-    STOPPED = "stopped"
-    FAILED = "failed"
-
-    @property
-    def live(self) -> bool:
-        """Counts towards a deployment's replicas (serving, or about to)."""
-        return self in (ReplicaState.STARTING, ReplicaState.READY)
-
-    @property
-    def terminal(self) -> bool:
-        return self in (ReplicaState.STOPPED, ReplicaState.FAILED)
-
-
-@dataclass(frozen=True)
-class LaunchSpec:
-    """What one replica of a deployment runs. A change here is a new generation."""
-
-    engine: str  # a resolved runtime name: "builtin" | "simulator"
-    served_model_name: str
-    max_batch_size: int
-    weights_local: str | None = None
-    weights_hf_repo: str | None = None
-    weights_hf_revision: str | None = None
-    engine_args: tuple[str, ...] = ()
-    # E.g. HF_TOKEN. Goes into the child's environment only; repr=False keeps it out of logs
-    # and exception messages that format the spec.
-    secret_env: Mapping[str, str] = field(default_factory=dict, repr=False, hash=False)
-    gpu_type: str = CPU_TYPE
-    num_gpus: int = 1
-
-    @property
-    def devices_needed(self) -> int:
-        """Devices one replica occupies: CPU replicas take one slot whatever num_gpus says."""
-        return 1 if self.gpu_type == CPU_TYPE else self.num_gpus
+from modelhost.domain.replicas import LaunchSpec, ReplicaState
 
 
 @dataclass(frozen=True)

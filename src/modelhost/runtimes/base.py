@@ -11,8 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import Protocol
 
-from modelhost.orchestrator.inventory import Device, device_env, torch_device
-from modelhost.orchestrator.types import LaunchSpec
+from modelhost.domain.replicas import VIRTUAL_DEVICES_ENV, Device, LaunchSpec
 
 
 class RuntimeConfigError(ValueError):
@@ -71,3 +70,20 @@ def base_env(launch: LaunchSpec, devices: Sequence[Device]) -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     env.update(launch.secret_env)
     return env
+
+
+def device_env(devices: Sequence[Device]) -> dict[str, str]:
+    """Narrow a process to its devices: real GPUs by CUDA index. Virtual GPUs and CPU slots
+    hide every CUDA device, so the engine runs on the CPU, and name the devices they stand for."""
+    real = [d for d in devices if not d.virtual]
+    if real:
+        return {"CUDA_VISIBLE_DEVICES": ",".join(str(d.index) for d in real)}
+    return {
+        "CUDA_VISIBLE_DEVICES": "",
+        VIRTUAL_DEVICES_ENV: ",".join(d.device_id for d in devices),
+    }
+
+
+def torch_device(devices: Sequence[Device]) -> str:
+    """`cuda` when the replica has a real GPU, else `cpu`."""
+    return "cuda" if any(not d.virtual for d in devices) else "cpu"

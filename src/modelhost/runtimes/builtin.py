@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from modelhost.orchestrator.inventory import Device
-from modelhost.orchestrator.types import LaunchSpec
+from modelhost.domain.replicas import Device, LaunchSpec
 from modelhost.runtimes.base import RuntimeConfigError, base_env, engine_command
 
 

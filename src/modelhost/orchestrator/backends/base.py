@@ -10,7 +10,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
-from modelhost.orchestrator.types import LaunchSpec, ReplicaObservation, StartReplica
+from modelhost.domain.replicas import LaunchSpec
+from modelhost.orchestrator.types import ReplicaObservation, StartReplica
 
 
 @dataclass(frozen=True)

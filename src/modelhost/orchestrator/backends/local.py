@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from modelhost.domain.replicas import ReplicaState
 from modelhost.orchestrator.backends import log_stamps
 from modelhost.orchestrator.backends.base import (
     AdoptResult,
@@ -43,7 +44,7 @@ from modelhost.orchestrator.backends.local_process import (
 )
 from modelhost.orchestrator.backends.local_replica import HEALTH_PATH, LocalReplica
 from modelhost.orchestrator.inventory import Inventory
-from modelhost.orchestrator.types import ReplicaObservation, ReplicaState
+from modelhost.orchestrator.types import ReplicaObservation
 from modelhost.runtimes import Runtime, resolve
 
 log = logging.getLogger(__name__)

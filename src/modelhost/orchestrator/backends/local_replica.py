@@ -5,13 +5,14 @@ from __future__ import annotations
 import subprocess
 from dataclasses import dataclass, field
 
+from modelhost.domain.replicas import ReplicaState
 from modelhost.orchestrator.backends.local_process import (
     BACKEND_LINE_PREFIX,
     exit_reason,
     last_output_line,
     read_tail,
 )
-from modelhost.orchestrator.types import ReplicaObservation, ReplicaState
+from modelhost.orchestrator.types import ReplicaObservation
 
 # Every engine serves these (the engine contract); adopted replicas are probed on them because
 # a record does not say which runtime started the process.

@@ -16,29 +16,24 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from starlette.routing import Route
 
 from modelhost import __version__
-from modelhost.api import (
-    docs_ui,
-    errors,
-    openapi,
-    routes_adapters,
-    routes_deploy,
-    routes_observe,
-    routes_users,
-)
-from modelhost.api.auth_guard import AuthGuardMiddleware
-from modelhost.api.body_limit import BodyLimitMiddleware
-from modelhost.api.bootstrap import bootstrap_admin
-from modelhost.api.deps import bearer_token, resolve_principal
+from modelhost.api import routes_adapters, routes_deploy, routes_observe, routes_users
+from modelhost.api.deps import ApiServices
 from modelhost.config import Settings
-from modelhost.control import ControlLoops
 from modelhost.errors import Forbidden
 from modelhost.gateway import routes as gateway_routes
+from modelhost.gateway.context import GatewayServices
 from modelhost.gateway.core import Gateway
 from modelhost.gateway.fast_path import GatewayFastPath
 from modelhost.orchestrator.backends.base import Backend
 from modelhost.security.auth_throttle import AuthThrottle
 from modelhost.security.file_modes import secure_data_dir
-from modelhost.services import Services, build_services
+from modelhost.serve.bootstrap import bootstrap_admin
+from modelhost.serve.control import ControlLoops
+from modelhost.serve.services import Services, build_services
+from modelhost.web import docs_ui, errors, openapi
+from modelhost.web.auth import bearer_token, resolve_principal
+from modelhost.web.auth_guard import AuthGuardMiddleware
+from modelhost.web.body_limit import BodyLimitMiddleware
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +79,9 @@ def create_app(
         redoc_url=None,
         openapi_url="/openapi.json",
     )
+    # The routers read the parts they need through these protocols (api/deps.py,
+    # gateway/context.py); assigning here makes mypy check that Services provides them.
+    _parts: tuple[ApiServices, GatewayServices] = (services, services)
     app.state.services = services
     app.state.gateway = gateway
     app.state.loops = loops

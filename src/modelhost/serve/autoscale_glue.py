@@ -15,11 +15,12 @@ from modelhost.autoscaler.loop import AutoscaledDeployment
 from modelhost.autoscaler.policy import LoadSignals, ScalingDecision
 from modelhost.domain.autoscaling import validate_settings
 from modelhost.domain.deployments import CPU
+from modelhost.domain.replicas import ReplicaState
 from modelhost.domain.status import DesiredState
 from modelhost.gateway.core import Gateway, GatewaySignals
 from modelhost.orchestrator.reconciler import Reconciler
-from modelhost.orchestrator.types import ReplicaObservation, ReplicaState
-from modelhost.services import Services
+from modelhost.orchestrator.types import ReplicaObservation
+from modelhost.serve.services import Services
 from modelhost.store import deployments as store
 from modelhost.store.tables import Deployment, User
 

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from modelhost.client_errors import ModelhostAPIError, error_from_payload
+from modelhost.client.errors import ModelhostAPIError, error_from_payload
 
 DONE = "[DONE]"
 

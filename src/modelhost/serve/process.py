@@ -24,9 +24,9 @@ from typing import IO
 
 import uvicorn
 
-from modelhost import serve_logging
 from modelhost.config import Settings
 from modelhost.gateway.drain import Drain, DrainMiddleware, cut_after
+from modelhost.serve import log_config
 
 
 class StartupError(Exception):
@@ -84,7 +84,7 @@ class _Server(uvicorn.Server):
 
 
 def run(settings: Settings) -> None:
-    serve_logging.configure()
+    log_config.configure()
     try:
         lock = _lock_data_dir(settings.data_dir)
         sock = _bind(settings.host, settings.port)
@@ -92,7 +92,7 @@ def run(settings: Settings) -> None:
         print(f"modelhost: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
 
-    from modelhost.api.app import create_app
+    from modelhost.serve.app import create_app
 
     app = create_app(settings)
     token = app.state.admin_token
@@ -107,13 +107,13 @@ def run(settings: Settings) -> None:
     config = uvicorn.Config(
         DrainMiddleware(app, drain),
         log_level="info",
-        log_config=None,  # serve_logging's handler, with its query-string redaction
+        log_config=None,  # log_config.s handler, with its query-string redaction
         # A backstop only: the drain has ended every request by `cut_after(grace)`.
         timeout_graceful_shutdown=max(1, math.ceil(grace)),
     )
     print(f"modelhost: serving on http://{settings.host}:{settings.port}", flush=True)
     if settings.demo:
-        from modelhost.demo import start_demo
+        from modelhost.serve.demo import start_demo
 
         start_demo(settings, token)
     server = _Server(config, drain, cut_after(grace))

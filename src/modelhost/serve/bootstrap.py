@@ -6,7 +6,7 @@ import logging
 import os
 
 from modelhost.errors import NotFound
-from modelhost.services import Services
+from modelhost.serve.services import Services
 from modelhost.store import users as users_store
 
 log = logging.getLogger(__name__)

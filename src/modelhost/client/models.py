@@ -156,3 +156,20 @@ class CatalogModel(_Obj):
     name: str
     description: str = ""
     available: bool = True
+
+
+class Adapter(BaseModel):
+    """A registered LoRA adapter. `name` is `<owner>/<name>`, `base` the base deployment's."""
+
+    model_config = ConfigDict(extra="allow")
+
+    adapter_id: str
+    name: str
+    base: str
+    base_deploy_id: str | None = None
+    source: dict[str, Any] = {}
+    rank: int | None = None
+    target_modules: list[str] = []
+    public: bool = False
+    size_bytes: int | None = None
+    created_at: datetime | None = None

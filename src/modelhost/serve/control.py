@@ -15,7 +15,6 @@ from collections.abc import Awaitable, Callable
 from prometheus_client import CollectorRegistry, Counter
 
 from modelhost.adapters.files import adapters_root
-from modelhost.autoscale_glue import AutoscaleGlue, monotonic_now
 from modelhost.autoscaler.loop import Autoscaler
 from modelhost.gateway.core import Gateway
 from modelhost.orchestrator.backends.base import Backend
@@ -23,7 +22,8 @@ from modelhost.orchestrator.ports import SystemClock
 from modelhost.orchestrator.reconciler import Reconciler
 from modelhost.orchestrator.store_adapter import SqlDesiredState
 from modelhost.orchestrator.types import RestartPolicy
-from modelhost.services import Services
+from modelhost.serve.autoscale_glue import AutoscaleGlue, monotonic_now
+from modelhost.serve.services import Services
 from modelhost.store import deployments as store
 from modelhost.store.tables import Deployment
 

@@ -10,8 +10,8 @@ import time
 
 import httpx
 
-from modelhost.catalog import PACKAGED_MODEL, packaged_model_path
 from modelhost.config import Settings
+from modelhost.config.catalog import PACKAGED_MODEL, packaged_model_path
 
 DEMO_NAME = "smollm2"
 SETTLE_TIMEOUT_S = 600.0

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from modelhost.api.errors import error_response
 from modelhost.errors import PayloadTooLarge
+from modelhost.web.errors import error_response
 
 
 class BodyLimitMiddleware:

@@ -9,8 +9,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from modelhost.catalog import CatalogModel, build_catalog
 from modelhost.config import Settings
+from modelhost.config.catalog import CatalogModel, build_catalog
 from modelhost.directory.live import Directory
 from modelhost.security.secretbox import SecretBox
 from modelhost.store.db import Database

@@ -21,14 +21,14 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from modelhost.client_adapters import AdapterCalls
-from modelhost.client_errors import (
+from modelhost.client.errors import (
     ModelhostAPIError,
     ModelhostConnectionError,
     ModelhostTimeoutError,
     error_from_response,
 )
-from modelhost.client_models import (
+from modelhost.client.models import (
+    Adapter,
     ApiToken,
     CatalogModel,
     CreatedUser,
@@ -39,7 +39,7 @@ from modelhost.client_models import (
     Me,
     User,
 )
-from modelhost.client_sse import ChatDelta, iter_chat_deltas
+from modelhost.client.sse import ChatDelta, iter_chat_deltas
 
 if TYPE_CHECKING:
     import openai
@@ -66,7 +66,7 @@ def _since_param(since: SinceT) -> str:
     return str(since.timestamp()) if isinstance(since, datetime) else str(since)
 
 
-class Client(AdapterCalls):
+class Client:
     """Synchronous client. `transport` replaces the network layer (e.g. `httpx.MockTransport`
     in unit tests, or `httpx.HTTPTransport(retries=3)`); httpx.ASGITransport is async-only, so to
     drive an in-process app run it under uvicorn on 127.0.0.1 and pass its URL instead."""
@@ -415,3 +415,40 @@ class Client(AdapterCalls):
         return openai.OpenAI(
             base_url=f"{self.base_url}/v1/openai", api_key=self._token, timeout=self._timeout
         )
+
+    # ---- LoRA adapters (/v1/adapters) --------------------------------------------------
+    def create_adapter(
+        self,
+        name: str,
+        *,
+        base: str,
+        local: str | None = None,
+        hf: Mapping[str, Any] | None = None,
+        public: bool = False,
+    ) -> Adapter:
+        """Register an adapter on the deployment `base` ("<username>/<deployment>"); its files
+        come from `local` (an absolute folder on the server) or `hf` ({"repo", "revision",
+        "token"}). The server validates it against the base (400 saying why it does not fit)."""
+        if (local is None) == (hf is None):
+            raise ValueError("give exactly one of local= or hf=")
+        source: dict[str, Any] = (
+            {"local": {"path": local}}
+            if local is not None
+            else {"hf": {k: v for k, v in dict(hf or {}).items() if v is not None}}
+        )
+        body = {"name": name, "base": base, "source": source, "public": public}
+        return Adapter.model_validate(self._request("POST", "/v1/adapters", json_body=body))
+
+    def list_adapters(self) -> list[Adapter]:
+        body = self._request("GET", "/v1/adapters")
+        items = body.get("adapters", []) if isinstance(body, dict) else body
+        return [Adapter.model_validate(a) for a in items]
+
+    def get_adapter(self, name: str) -> Adapter:
+        """`name` is the adapter's own name (without the owner)."""
+        return Adapter.model_validate(self._request("GET", f"/v1/adapters/{name}"))
+
+    def delete_adapter(self, name: str) -> str:
+        """Delete it (its files too); returns its adapter_id."""
+        body = self._request("DELETE", f"/v1/adapters/{name}")
+        return str(body.get("adapter_id", "")) if isinstance(body, dict) else ""
