@@ -1,15 +1,38 @@
-"""One exception hierarchy for the control plane and gateway.
+"""One exception hierarchy for the control plane and gateway, in terms of what went wrong.
 
-Code inside raises these; only `modelhost.web.errors` turns them into HTTP responses, in the
-OpenAI-style shape `{"error": {"message", "type", "param", "code"}}` of the API contract.
+Code inside raises these; each class names its `kind` of failure (not found, conflict, busy,
+...) and a stable machine-readable `code`. Nothing here knows HTTP: `modelhost.web.errors`
+alone turns a kind into a status and an error shape (OpenAI's, LoRAX's, an SSE event).
 """
 
 from __future__ import annotations
 
+from enum import Enum
+from typing import ClassVar
 
-class ModelhostError(Exception):
-    status_code = 500
-    error_type = "server_error"
+
+class Kind(Enum):
+    """What went wrong, as the caller should read it."""
+
+    INTERNAL = "internal"
+    INVALID_REQUEST = "invalid_request"  # bad inference input
+    UNAUTHENTICATED = "unauthenticated"
+    FORBIDDEN = "forbidden"  # not allowed for this caller, quotas included
+    NOT_FOUND = "not_found"
+    CONFLICT = "conflict"
+    TOO_LARGE = "too_large"
+    VALIDATION_FAILED = "validation_failed"  # invalid control-plane input
+    BUSY = "busy"  # try again later: a full queue, a throttled caller
+    UNAVAILABLE = "unavailable"  # cannot serve now (stopped, no capacity, shutting down)
+    UPSTREAM_TIMEOUT = "upstream_timeout"
+    UPSTREAM_FAILED = "upstream_failed"
+
+
+class ServiceError(Exception):
+    """The server's base error. `param` names the offending input field, `retry_after` (seconds)
+    says when trying again may succeed."""
+
+    kind: ClassVar[Kind] = Kind.INTERNAL
     code: str | None = "internal_error"
 
     def __init__(
@@ -28,23 +51,20 @@ class ModelhostError(Exception):
         self.retry_after = retry_after
 
 
-class InvalidRequest(ModelhostError):
-    """Bad inference input (400)."""
+class InvalidRequest(ServiceError):
+    """Bad inference input."""
 
-    status_code = 400
-    error_type = "invalid_request_error"
+    kind = Kind.INVALID_REQUEST
     code = "invalid_request"
 
 
-class Unauthorized(ModelhostError):
-    status_code = 401
-    error_type = "authentication_error"
+class Unauthorized(ServiceError):
+    kind = Kind.UNAUTHENTICATED
     code = "invalid_api_key"
 
 
-class Forbidden(ModelhostError):
-    status_code = 403
-    error_type = "permission_error"
+class Forbidden(ServiceError):
+    kind = Kind.FORBIDDEN
     code = "forbidden"
 
 
@@ -52,53 +72,53 @@ class QuotaExceeded(Forbidden):
     code = "gpu_quota_exceeded"
 
 
-class NotFound(ModelhostError):
-    status_code = 404
-    error_type = "not_found_error"
+class NotFound(ServiceError):
+    kind = Kind.NOT_FOUND
     code = "not_found"
 
 
-class Conflict(ModelhostError):
-    status_code = 409
-    error_type = "conflict_error"
+class Conflict(ServiceError):
+    kind = Kind.CONFLICT
     code = "conflict"
 
 
-class PayloadTooLarge(ModelhostError):
-    status_code = 413
-    error_type = "invalid_request_error"
+class PayloadTooLarge(ServiceError):
+    kind = Kind.TOO_LARGE
     code = "payload_too_large"
 
 
-class ValidationFailed(ModelhostError):
-    """Invalid control-plane input (422)."""
+class ValidationFailed(ServiceError):
+    """Invalid control-plane input."""
 
-    status_code = 422
-    error_type = "invalid_request_error"
+    kind = Kind.VALIDATION_FAILED
     code = "validation_error"
 
 
-class QueueFull(ModelhostError):
-    status_code = 429
-    error_type = "rate_limit_error"
+class QueueFull(ServiceError):
+    """A deployment's admission queue is full."""
+
+    kind = Kind.BUSY
     code = "queue_full"
 
 
-class Unavailable(ModelhostError):
-    status_code = 503
-    error_type = "server_error"
+class Unavailable(ServiceError):
+    kind = Kind.UNAVAILABLE
     code = "unavailable"
 
 
-class UpstreamTimeout(ModelhostError):
-    status_code = 504
-    error_type = "server_error"
+class ShuttingDown(Unavailable):
+    """The server's shutdown grace period ended this request before it completed."""
+
+    code = "shutting_down"
+
+
+class UpstreamTimeout(ServiceError):
+    kind = Kind.UPSTREAM_TIMEOUT
     code = "engine_timeout"
 
 
-class UpstreamFailed(ModelhostError):
+class UpstreamFailed(ServiceError):
     """The engine replica failed mid-request (crashed, reset the connection)."""
 
-    status_code = 502
-    error_type = "server_error"
+    kind = Kind.UPSTREAM_FAILED
     code = "replica_failed"

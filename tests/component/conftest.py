@@ -10,6 +10,7 @@ from starlette.testclient import TestClient
 
 from modelhost.config import Settings
 from modelhost.serve.app import create_app
+from tests.component._live_server import LiveServer, modelhost_server
 from tests.component.inprocess_engines import InProcessBackend
 from tests.conftest import ADMIN_TOKEN, auth
 
@@ -36,3 +37,10 @@ def api(settings: Settings) -> Iterator[Api]:
     app = create_app(settings, backend=InProcessBackend())
     with TestClient(app, raise_server_exceptions=False) as client:
         yield Api(client)
+
+
+@pytest.fixture(scope="module")
+def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """A real server on a socket (for the SDK and the CLI), one per test module."""
+    with modelhost_server(tmp_path_factory.mktemp("mh-live")) as live:
+        yield live

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from tests.component.conftest import Api
-from tests.conftest import ADMIN_TOKEN, auth
+from tests.conftest import ADMIN_TOKEN, auth, wait_until
 
 
 def body(**over: Any) -> dict[str, Any]:
@@ -198,21 +198,20 @@ def test_tenants_never_see_each_other(api: Api) -> None:
 
 
 def test_public_deployment_serves_other_users_but_stays_theirs(api: Api) -> None:
-    import time
 
     alice, bob = api.new_user("alice"), api.new_user("bob")
     r = api.client.post(
         "/deploy/llm", json=body(model_name="open", public=True), headers=auth(alice)
     )
     dep = r.json()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if (
+    wait_until(
+        lambda: (
             api.client.get(f"/deploy/{dep['deploy_id']}", headers=auth(alice)).json()["status"]
             == "ready"
-        ):
-            break
-        time.sleep(0.2)
+        ),
+        timeout=60,
+        what="the public deployment ready",
+    )
     ask = {"model": "alice/open", "prompt": "hi", "max_tokens": 2}
     r = api.client.post("/v1/openai/completions", json=ask, headers=auth(bob))
     assert r.status_code == 200, r.text

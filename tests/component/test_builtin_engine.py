@@ -27,7 +27,7 @@ from modelhost.engine.protocol import (
     TokenEvent,
     UnknownAdapter,
 )
-from tests.unit.test_builtin_model import new_cache, prefill
+from tests.builtin_helpers import new_cache, prefill
 
 pytestmark = pytest.mark.model
 GGUF = packaged_model_path()
@@ -207,7 +207,10 @@ async def test_queue_beyond_max_batch_size_and_cancel_frees_the_slot(loaded: Loa
         firsts = [asyncio.create_task(anext(s)) for s in streams[:2]]
         await asyncio.gather(*firsts)
         third = asyncio.create_task(anext(streams[2]))
-        await asyncio.sleep(0.3)
+        for _ in range(500):  # the third request reaches the scheduler's queue
+            if g.stats().waiting == 1:
+                break
+            await asyncio.sleep(0.01)
         stats = g.stats()
         assert (stats.running, stats.waiting) == (2, 1)
         assert not third.done()

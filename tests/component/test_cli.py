@@ -6,7 +6,6 @@ import itertools
 import re
 import socket
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,20 +14,14 @@ from typer.testing import CliRunner, Result
 
 from modelhost import Client
 from modelhost.cli.main import app
-from tests.component._live_server import LiveServer, modelhost_server
+from tests.component._live_server import LiveServer
 from tests.conftest import wait_until
 
 _names = (f"cli-{i}" for i in itertools.count())
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    with modelhost_server(tmp_path_factory.mktemp("mh-cli")) as live:
-        yield live
-
-
-@pytest.fixture(scope="module")
-def cli_env(server: LiveServer, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def cli_env(live_server: LiveServer, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A logged-in admin: stored login in a temp file, no env overrides."""
     env: dict[str, Any] = {
         "MODELHOST_CLI_CONFIG": str(tmp_path_factory.mktemp("cli-cfg") / "config.json"),
@@ -36,7 +29,7 @@ def cli_env(server: LiveServer, tmp_path_factory: pytest.TempPathFactory) -> dic
         "MODELHOST_TOKEN": None,
     }
     result = CliRunner().invoke(
-        app, ["login", "--url", server.url, "--token", server.admin_token], env=env
+        app, ["login", "--url", live_server.url, "--token", live_server.admin_token], env=env
     )
     assert result.exit_code == 0, result.output
     return env
@@ -61,41 +54,43 @@ def test_login_stores_a_private_file_and_whoami(cli_env: dict[str, Any]) -> None
 
 
 def test_login_with_a_bad_token_fails_and_stores_nothing(
-    server: LiveServer, tmp_path: Path
+    live_server: LiveServer, tmp_path: Path
 ) -> None:
     env = {"MODELHOST_CLI_CONFIG": str(tmp_path / "c.json"), "MODELHOST_TOKEN": None}
-    result = run(env, "login", "--url", server.url, "--token", "mh_wrong")
+    result = run(env, "login", "--url", live_server.url, "--token", "mh_wrong")
     assert result.exit_code == 1
     assert "Error:" in result.stderr and "Traceback" not in result.output
     assert not (tmp_path / "c.json").exists()
 
 
-def test_login_prompts_for_the_token(server: LiveServer, tmp_path: Path) -> None:
+def test_login_prompts_for_the_token(live_server: LiveServer, tmp_path: Path) -> None:
     env = {"MODELHOST_CLI_CONFIG": str(tmp_path / "c.json"), "MODELHOST_TOKEN": None}
-    result = run(env, "login", "--url", server.url, input=server.admin_token + "\n")
+    result = run(env, "login", "--url", live_server.url, input=live_server.admin_token + "\n")
     assert result.exit_code == 0, result.output
-    assert server.admin_token not in result.stdout
+    assert live_server.admin_token not in result.stdout
     assert run(env, "logout").stdout.strip() == "Logged out."
     assert not (tmp_path / "c.json").exists()
     assert "not logged in" in run(env, "whoami").stderr
 
 
 def test_login_reads_the_token_from_stdin_and_token_prints_it_for_scripts(
-    server: LiveServer, tmp_path: Path
+    live_server: LiveServer, tmp_path: Path
 ) -> None:
     env = {"MODELHOST_CLI_CONFIG": str(tmp_path / "c.json"), "MODELHOST_TOKEN": None}
     assert "not logged in" in run(env, "token").stderr
-    result = run(env, "login", "--url", server.url, "--token-stdin", input=server.admin_token)
+    result = run(
+        env, "login", "--url", live_server.url, "--token-stdin", input=live_server.admin_token
+    )
     assert result.exit_code == 0, result.output
-    assert server.admin_token not in result.stdout
+    assert live_server.admin_token not in result.stdout
     printed = run(env, "token")
-    assert printed.exit_code == 0 and printed.stdout == server.admin_token + "\n"
-    both = run(env, "login", "--url", server.url, "--token", "x", "--token-stdin", input="y")
+    assert printed.exit_code == 0 and printed.stdout == live_server.admin_token + "\n"
+    both = run(env, "login", "--url", live_server.url, "--token", "x", "--token-stdin", input="y")
     assert both.exit_code == 1 and "not both" in both.stderr
 
 
-def test_env_overrides_the_stored_login(cli_env: dict[str, Any], server: LiveServer) -> None:
-    with Client(server.url, server.admin_token) as admin:
+def test_env_overrides_the_stored_login(cli_env: dict[str, Any], live_server: LiveServer) -> None:
+    with Client(live_server.url, live_server.admin_token) as admin:
         token = admin.create_user("envuser").token
     result = run({**cli_env, "MODELHOST_TOKEN": token}, "whoami")
     assert result.exit_code == 0 and "envuser" in result.stdout and "from env" in result.stdout
@@ -115,7 +110,7 @@ def test_connection_refused_names_the_url(tmp_path: Path) -> None:
     assert f"http://127.0.0.1:{port}" in result.stderr and "Traceback" not in result.output
 
 
-def test_users_and_tokens(cli_env: dict[str, Any], server: LiveServer, tmp_path: Path) -> None:
+def test_users_and_tokens(cli_env: dict[str, Any], live_server: LiveServer, tmp_path: Path) -> None:
     result = run(cli_env, "users", "create", "dave", "--gpu-limit", "3")
     assert result.exit_code == 0, result.output
     dave_token = result.stdout.strip()
@@ -126,7 +121,7 @@ def test_users_and_tokens(cli_env: dict[str, Any], server: LiveServer, tmp_path:
     dave = {
         "MODELHOST_CLI_CONFIG": str(tmp_path / "d.json"),
         "MODELHOST_TOKEN": dave_token,
-        "MODELHOST_URL": server.url,
+        "MODELHOST_URL": live_server.url,
     }
     denied = run(dave, "users", "list")
     assert denied.exit_code == 1 and "403" not in denied.stderr and "Error:" in denied.stderr

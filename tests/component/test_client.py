@@ -9,31 +9,25 @@ from collections.abc import Iterator
 import pytest
 
 from modelhost import Client, ModelhostAPIError, ModelhostConnectionError
-from tests.component._live_server import LiveServer, modelhost_server
+from tests.component._live_server import LiveServer
 
 _names = (f"sdk-{i}" for i in itertools.count())
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    with modelhost_server(tmp_path_factory.mktemp("mh-sdk")) as live:
-        yield live
-
-
-@pytest.fixture(scope="module")
-def admin(server: LiveServer) -> Iterator[Client]:
-    with Client(server.url, server.admin_token) as c:
+def admin(live_server: LiveServer) -> Iterator[Client]:
+    with Client(live_server.url, live_server.admin_token) as c:
         yield c
 
 
 @pytest.fixture(scope="module")
-def alice(server: LiveServer, admin: Client) -> Iterator[Client]:
+def alice(live_server: LiveServer, admin: Client) -> Iterator[Client]:
     created = admin.create_user("alice", gpu_limit=2)
-    with Client(server.url, created.token) as c:
+    with Client(live_server.url, created.token) as c:
         yield c
 
 
-def test_me_and_users(admin: Client, alice: Client, server: LiveServer) -> None:
+def test_me_and_users(admin: Client, alice: Client, live_server: LiveServer) -> None:
     me = admin.me()
     assert me.username == "admin" and me.is_admin
     a = alice.me()
@@ -50,12 +44,12 @@ def test_me_and_users(admin: Client, alice: Client, server: LiveServer) -> None:
     bob = admin.create_user("bob")
     assert bob.token.startswith("mh_")
     admin.delete_user("bob")
-    with Client(server.url, bob.token) as c, pytest.raises(ModelhostAPIError) as info:
+    with Client(live_server.url, bob.token) as c, pytest.raises(ModelhostAPIError) as info:
         c.me()
     assert info.value.status_code == 401
 
 
-def test_tokens_create_list_revoke(alice: Client, server: LiveServer) -> None:
+def test_tokens_create_list_revoke(alice: Client, live_server: LiveServer) -> None:
     tok = alice.create_token("ci")
     assert tok.token is not None and tok.token.startswith("mh_") and tok.token_id
     listed = {t.name: t for t in alice.list_tokens()}
@@ -64,7 +58,7 @@ def test_tokens_create_list_revoke(alice: Client, server: LiveServer) -> None:
         alice.create_token("ci")
     assert info.value.status_code == 409
 
-    with Client(server.url, tok.token) as ci:
+    with Client(live_server.url, tok.token) as ci:
         assert ci.me().username == "alice"
         alice.revoke_token(tok.token_id)
         with pytest.raises(ModelhostAPIError) as info:
@@ -72,8 +66,11 @@ def test_tokens_create_list_revoke(alice: Client, server: LiveServer) -> None:
     assert info.value.status_code == 401
 
 
-def test_bad_token_is_401(server: LiveServer) -> None:
-    with Client(server.url, "mh_not_a_real_token") as c, pytest.raises(ModelhostAPIError) as info:
+def test_bad_token_is_401(live_server: LiveServer) -> None:
+    with (
+        Client(live_server.url, "mh_not_a_real_token") as c,
+        pytest.raises(ModelhostAPIError) as info,
+    ):
         c.list_deployments()
     assert info.value.status_code == 401 and info.value.message
 

@@ -18,7 +18,7 @@ from modelhost.engine.protocol import Generator
 from modelhost.engine.server import create_app
 from modelhost.engine.simulator import SimulatorGenerator
 from tests.component._live_server import serve_app
-from tests.component.test_engine_server import ScriptedGenerator, knobs, one_token_then_fail
+from tests.component.scripted import ScriptedGenerator, knobs, one_token_then_fail
 
 
 def started(generator: Generator, app: ASGIApp) -> ASGIApp:

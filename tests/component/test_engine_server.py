@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable, MutableMapping
+from collections.abc import AsyncIterator, MutableMapping
 from typing import Any
 
 import httpx
@@ -12,21 +12,15 @@ import pytest
 from fastapi import FastAPI
 
 from modelhost.engine.protocol import (
-    EngineStats,
     GenerationRequest,
-    GeneratorError,
     TokenEvent,
 )
 from modelhost.engine.server import create_app
 from modelhost.engine.simulator import SimulatorGenerator
 from modelhost.engine.simulator_timing import SimulatorKnobs
+from tests.component.scripted import ScriptedGenerator, knobs, one_token_then_fail
 
 MODEL = "acme/sim"
-
-
-def knobs(**kw: Any) -> SimulatorKnobs:
-    base: dict[str, Any] = {"startup_s": 0, "ttft_ms": 0, "prefill_ms_per_token": 0, "tpot_ms": 0}
-    return SimulatorKnobs(**{**base, **kw})
 
 
 async def make(
@@ -523,40 +517,6 @@ async def test_overload_is_429_when_the_queue_is_full() -> None:
             t.cancel()
         await asyncio.gather(*long, return_exceptions=True)
     await gen.close()
-
-
-class ScriptedGenerator:
-    """A generator whose behaviour a test dictates, for failure paths the simulator never takes."""
-
-    def __init__(self, script: Callable[[GenerationRequest], AsyncIterator[TokenEvent]]) -> None:
-        self._script = script
-        self.count_fails = False
-
-    model_id = "scripted"
-    context_length = 100
-    ready = True
-
-    def count_prompt_tokens(self, request: GenerationRequest) -> int:
-        if self.count_fails:
-            raise RuntimeError("boom /secret/path")
-        return 1
-
-    def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
-        return self._script(request)
-
-    def stats(self) -> EngineStats:
-        return EngineStats(running=0, waiting=0, max_batch_size=1)
-
-    async def start(self) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
-
-
-async def one_token_then_fail(request: GenerationRequest) -> AsyncIterator[TokenEvent]:
-    yield TokenEvent(token_id=1, text="partial")
-    raise GeneratorError("the GPU fell over")
 
 
 async def test_an_error_after_the_stream_began_is_a_final_error_event() -> None:

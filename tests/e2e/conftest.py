@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ServeProcess
-from tests.e2e.test_lora_e2e import register
-from tests.e2e.test_serve_lifecycle import wait_status
+from tests.e2e.deployments import register, wait_status
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.conftest import ADMIN_TOKEN, ServeProcess, auth, wait_until
-from tests.e2e.test_serve_lifecycle import alive, create, get, replica_pids, wait_status
+from tests.e2e.deployments import alive, create, get, replica_pids, wait_status
 
 pytestmark = pytest.mark.e2e
 

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.conftest import ADMIN_TOKEN, ServeProcess, auth, wait_until
-from tests.e2e.test_serve_lifecycle import create, get, wait_status
+from tests.e2e.deployments import create, get, wait_status
 
 pytestmark = pytest.mark.e2e
 

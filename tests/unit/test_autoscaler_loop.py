@@ -157,12 +157,17 @@ def test_policy_is_swappable(with_kpa: bool) -> None:
     assert decision.desired == 4  # 30 / 7 (KPA) or 30 / 9 (ours) -> 4 either way, capped by max
 
 
-def test_forget_drops_state() -> None:
+def test_a_deployment_no_longer_listed_is_forgotten() -> None:
+    # Stopped, deleted or errored deployments are not listed: their windows go, so one that
+    # runs again (or a re-created id) starts fresh.
     scaler, deployments, _signals, _target = make()
     deployments.items = [deployment("a")]
     scaler.run_once(2.0)
-    scaler.forget("a")
-    assert scaler.run_once(4.0)[0].previous_desired is None
+    assert scaler.run_once(4.0)[0].previous_desired is not None
+    deployments.items = []
+    assert scaler.run_once(6.0) == []
+    deployments.items = [deployment("a")]
+    assert scaler.run_once(8.0)[0].previous_desired is None
 
 
 def test_a_replica_the_activator_started_is_not_cancelled_when_its_callers_leave() -> None:

@@ -14,7 +14,7 @@ import torch
 from modelhost.engine.builtin.lora import AdapterLoadError, LoraStack, read_adapter
 from modelhost.engine.builtin.model import CausalLM, PrefillSpan, StepInput, load_model
 from modelhost.engine.builtin.spec import load_spec
-from tests.unit.test_builtin_model import ids, new_cache, tiny_checkpoint
+from tests.builtin_helpers import ids, new_cache, tiny_checkpoint
 
 ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 

@@ -7,7 +7,7 @@ import json
 from lorax.errors import GenerationError, IncompleteGenerationError, parse_error
 
 from modelhost.errors import Unavailable, UpstreamFailed
-from modelhost.gateway.stream import sse_error
+from modelhost.web.errors import sse_error
 
 
 def event(raw: bytes) -> dict[str, object]:

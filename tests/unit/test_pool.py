@@ -9,6 +9,7 @@ import pytest
 from modelhost.domain.routing import ReplicaEndpoint
 from modelhost.errors import QueueFull, Unavailable
 from modelhost.gateway.pool import DeploymentPool, PoolLimits
+from modelhost.web.errors import status_of
 
 
 def ep(rid: str, mbs: int = 2) -> ReplicaEndpoint:
@@ -67,7 +68,7 @@ async def test_queue_full_is_429_with_retry_after() -> None:
     await asyncio.sleep(0.01)
     with pytest.raises(QueueFull) as exc:
         await pool.acquire()
-    assert exc.value.status_code == 429 and exc.value.retry_after
+    assert status_of(exc.value) == 429 and exc.value.retry_after
     for w in waiters:
         w.cancel()
 
@@ -86,7 +87,7 @@ async def test_cold_timeout_is_503_and_leaves_no_waiter() -> None:
     pool, _ = make_pool(cold_timeout=0.05)
     with pytest.raises(Unavailable) as exc:
         await pool.acquire()
-    assert exc.value.status_code == 503 and exc.value.retry_after
+    assert status_of(exc.value) == 503 and exc.value.retry_after
     assert pool.held == 0
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import select
 
-from modelhost.store import users
+from modelhost.store import revision, users
 from modelhost.store.db import Database
 from modelhost.store.tables import ApiToken
 from modelhost.store.token_usage import TokenUsage
@@ -82,5 +84,66 @@ def test_a_failing_database_costs_the_caller_nothing(tmp_path: Path) -> None:
     (tmp_path / "m.db").mkdir()  # no database can be opened there now
     usage = TokenUsage(Database(f"sqlite:///{tmp_path / 'm.db'}"), clock=Clock())
     usage.seen(token_id, None)  # returns at once; the write fails in the background
-    usage.close()
+    assert not usage.close(timeout_s=0.2)  # tried until the deadline, then given up
     assert not usage.due(token_id, None, T0)
+
+
+def _tokens(db: Database, n: int) -> list[str]:
+    with db.session() as s:
+        user = users.create_user(s, "many", 1)
+        return [users.issue_token(s, user, f"t{i}")[0].id for i in range(n)]
+
+
+def test_uses_of_many_tokens_are_written_in_batches_and_all_on_close(tmp_path: Path) -> None:
+    db, _ = _db(tmp_path)
+    ids = _tokens(db, 200)
+    clock = Clock()
+    usage = TokenUsage(db, clock=clock)
+    for i, token_id in enumerate(ids):
+        clock.now = T0 + timedelta(milliseconds=i)
+        usage.seen(token_id, None)
+    assert usage.close()  # a clean shutdown: everything queued is written
+    assert usage.writes.batches < len(ids)  # queued while a batch was written: batched
+    for i, token_id in enumerate(ids):
+        assert _stored(db, token_id) == T0 + timedelta(milliseconds=i)
+    usage.seen(ids[0], None)  # after close: ignored, not an error
+    db.close()
+
+
+def test_a_locked_database_delays_the_write_and_loses_nothing(tmp_path: Path) -> None:
+    db, token_id = _db(tmp_path)
+    usage = TokenUsage(db, clock=Clock())
+    locker = sqlite3.connect(tmp_path / "m.db", isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")  # every writer waits (the database's busy timeout)
+    try:
+        started = time.monotonic()
+        usage.seen(token_id, None)
+        assert time.monotonic() - started < 0.5  # the caller does not wait for the lock
+        assert not usage.flush(timeout_s=0.3)
+        assert _stored(db, token_id) is None
+    finally:
+        locker.execute("COMMIT")
+        locker.close()
+    assert usage.flush(timeout_s=30)
+    assert _stored(db, token_id) == T0
+    usage.close()
+    db.close()
+
+
+def test_writing_last_use_does_not_move_the_directory_revision(tmp_path: Path) -> None:
+    db, token_id = _db(tmp_path)
+    with db.session() as s:
+        before = revision.read(s)
+    calls: list[int] = []
+    watcher = lambda: calls.append(1)  # noqa: E731
+    revision.watch(db.engine, watcher)
+    try:
+        usage = TokenUsage(db, clock=Clock())
+        usage.seen(token_id, None)
+        assert usage.close()
+    finally:
+        revision.unwatch(db.engine, watcher)
+    with db.session() as s:
+        assert revision.read(s) == before
+    assert calls == []  # no directory re-check after the write either
+    db.close()

@@ -5,13 +5,19 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict, Field
 
 from modelhost.adapters import files
 from modelhost.adapters.base_dims import base_dims
 from modelhost.adapters.validate import AdapterError, check_adapter
 from modelhost.api.deps import ApiServices, PrincipalDep, ServicesDep
-from modelhost.api.schemas import HFWeights, LocalWeights
+from modelhost.api.schemas import (
+    AdapterDeletedPublic,
+    AdapterPublic,
+    AdaptersPublic,
+    CreateAdapter,
+)
+from modelhost.api.views import adapter_object
+from modelhost.domain.access import may_use
 from modelhost.domain.deployments import MODEL_NAME_RE
 from modelhost.errors import Conflict, NotFound, ValidationFailed
 from modelhost.orchestrator.launch import weights_path
@@ -19,8 +25,9 @@ from modelhost.security.local_sources import allowed_local_path
 from modelhost.security.tokens import new_id
 from modelhost.store import adapters as store
 from modelhost.store import deployments as deps_store
-from modelhost.store.clock import iso, utcnow
+from modelhost.store.clock import utcnow
 from modelhost.store.tables import Adapter, Deployment, User
+from modelhost.store.users import Principal
 from modelhost.web.openapi import errors
 
 router = APIRouter()
@@ -31,41 +38,7 @@ NOTES = {
 }
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class AdapterSource(_Strict):
-    hf: HFWeights | None = None
-    local: LocalWeights | None = None
-
-
-class CreateAdapter(_Strict):
-    name: str
-    base: str = Field(description="<username>/<deployment>")
-    source: AdapterSource
-    public: bool = False
-
-
-def adapter_object(a: Adapter, owner: str, base_name: str) -> dict[str, Any]:
-    source: dict[str, Any] = {k: dict(v) for k, v in a.source.items()}
-    if "hf" in source:
-        source["hf"]["token"] = "***" if a.hf_token_enc else None
-    return {
-        "adapter_id": a.id,
-        "name": f"{owner}/{a.name}",
-        "base": base_name,
-        "base_deploy_id": a.base_deploy_id,
-        "source": source,
-        "rank": a.rank,
-        "target_modules": list(a.target_modules),
-        "public": a.public,
-        "size_bytes": a.size_bytes,
-        "created_at": iso(a.created_at),
-    }
-
-
-def _view(services: ApiServices, a: Adapter) -> dict[str, Any]:
+def _view(services: ApiServices, a: Adapter) -> AdapterPublic:
     with services.db.session() as s:
         base = s.get(Deployment, a.base_deploy_id)
         owner = deps_store.owner_name(s, base) if base else "?"
@@ -74,18 +47,28 @@ def _view(services: ApiServices, a: Adapter) -> dict[str, Any]:
         return adapter_object(a, user.username if user else "?", base_name)
 
 
-def _base(services: ApiServices, who: Any, base: str) -> Deployment:
+def _base(services: ApiServices, who: Principal, base: str) -> Deployment:
+    """A base the caller may use (`domain.access.may_use`); any other answers as unknown."""
     username, _, name = base.partition("/")
     with services.db.session() as s:
         dep = deps_store.find_by_name(s, username, name) if name else None
-        if dep is None or not (dep.owner_id == who.user_id or dep.public or who.is_admin):
+        if dep is None or not may_use(
+            owner_id=dep.owner_id, public=dep.public, user_id=who.user_id, is_admin=who.is_admin
+        ):
             raise NotFound(f"base deployment {base!r} not found", param="base")
         s.expunge(dep)
         return dep
 
 
-@router.post("/v1/adapters", status_code=201, responses=errors(403, 404, 409, 422, notes=NOTES))
-def create_adapter(body: CreateAdapter, who: PrincipalDep, services: ServicesDep) -> dict[str, Any]:
+# The adapter object's `source` holds only the key that applies (see api.schemas).
+@router.post(
+    "/v1/adapters",
+    status_code=201,
+    response_model=AdapterPublic,
+    response_model_exclude_unset=True,
+    responses=errors(403, 404, 409, 422, notes=NOTES),
+)
+def create_adapter(body: CreateAdapter, who: PrincipalDep, services: ServicesDep) -> AdapterPublic:
     if not MODEL_NAME_RE.match(body.name):
         raise ValidationFailed("name must match [a-z0-9][a-z0-9._-]{0,63}", param="name")
     sources = [k for k in ("hf", "local") if getattr(body.source, k) is not None]
@@ -159,22 +142,27 @@ def create_adapter(body: CreateAdapter, who: PrincipalDep, services: ServicesDep
     return _view(services, row)
 
 
-@router.get("/v1/adapters")
-def list_adapters(who: PrincipalDep, services: ServicesDep) -> dict[str, Any]:
+@router.get("/v1/adapters", response_model=AdaptersPublic, response_model_exclude_unset=True)
+def list_adapters(who: PrincipalDep, services: ServicesDep) -> AdaptersPublic:
     with services.db.session() as s:
         rows = store.list_owned(s, who.user_id)
-    return {"adapters": [_view(services, a) for a in rows]}
+    return AdaptersPublic(adapters=[_view(services, a) for a in rows])
 
 
-@router.get("/v1/adapters/{name}", responses=errors(404))
-def get_adapter(name: str, who: PrincipalDep, services: ServicesDep) -> dict[str, Any]:
+@router.get(
+    "/v1/adapters/{name}",
+    response_model=AdapterPublic,
+    response_model_exclude_unset=True,
+    responses=errors(404),
+)
+def get_adapter(name: str, who: PrincipalDep, services: ServicesDep) -> AdapterPublic:
     with services.db.session() as s:
         row = store.get_owned(s, who, name)
     return _view(services, row)
 
 
 @router.delete("/v1/adapters/{name}", responses=errors(404))
-def delete_adapter(name: str, who: PrincipalDep, services: ServicesDep) -> dict[str, Any]:
+def delete_adapter(name: str, who: PrincipalDep, services: ServicesDep) -> AdapterDeletedPublic:
     with services.db.session() as s:
         row = store.get_owned(s, who, name)
         row.deleted_at = utcnow()
@@ -183,4 +171,4 @@ def delete_adapter(name: str, who: PrincipalDep, services: ServicesDep) -> dict[
     # Replicas that hold it keep it resident until evicted, but the gateway no longer routes
     # to it, and a new adapter with the same name gets a new id and folder.
     files.remove(files.adapters_root(services.settings.data_dir) / adapter_id)
-    return {"adapter_id": adapter_id, "name": f"{who.username}/{name}"}
+    return AdapterDeletedPublic(adapter_id=adapter_id, name=f"{who.username}/{name}")

@@ -6,6 +6,7 @@ instances and pending reason (see `store.deployments.shown_status` for what the 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +14,16 @@ from fastapi import APIRouter, Query
 from sqlalchemy.orm import Session
 
 from modelhost.api.deps import ApiServices, PrincipalDep, ServicesDep
-from modelhost.api.schemas import CreateLLM, UpdateDeployment
+from modelhost.api.schemas import CreateLLM, DeployIdPublic, DeploymentPublic, UpdateDeployment
 from modelhost.api.views import deploy_object
 from modelhost.domain.autoscaling import AutoscalingSettings, SettingsError, validate_settings
+from modelhost.domain.deployment_config import (
+    CatalogWeights,
+    DeploymentConfig,
+    HfWeights,
+    LocalWeights,
+    Weights,
+)
 from modelhost.domain.deployments import (
     CPU,
     ENGINES,
@@ -97,7 +105,7 @@ def _check_engine_args(args: list[str], param: str, who: Principal) -> None:
         )
 
 
-def _weights(body: CreateLLM, services: ApiServices, who: Principal) -> dict[str, Any]:
+def _weights(body: CreateLLM, services: ApiServices, who: Principal) -> Weights:
     given = [k for k in ("hf", "local", "base_model") if getattr(body, k) is not None]
     if len(given) > 1:
         raise ValidationFailed(
@@ -105,14 +113,14 @@ def _weights(body: CreateLLM, services: ApiServices, who: Principal) -> dict[str
         )
     if not given:
         if body.engine == "simulator":
-            return {}
+            return None
         raise ValidationFailed(
             "weights are required: give one of hf {repo, revision, token}, local {path} or "
             "base_model (see GET /v1/catalog/models)",
             param="hf",
         )
     if body.hf is not None:
-        return {"hf": {"repo": body.hf.repo, "revision": body.hf.revision or "main"}}
+        return HfWeights(body.hf.repo, body.hf.revision or "main")
     if body.local is not None:
         settings = services.settings
         allowed = allowed_local_path(
@@ -133,7 +141,7 @@ def _weights(body: CreateLLM, services: ApiServices, who: Principal) -> dict[str
             raise ValidationFailed(
                 "local.path must be a model folder or a .gguf file", param="local.path"
             )
-        return {"local": {"path": str(path)}}
+        return LocalWeights(str(path))
     name = body.base_model or ""
     model = services.catalog.get(name)
     if model is None:
@@ -145,7 +153,7 @@ def _weights(body: CreateLLM, services: ApiServices, who: Principal) -> dict[str
         raise ValidationFailed(
             f"base_model {name!r} is not installed on this server", param="base_model"
         )
-    return {"base_model": {"name": name}}
+    return CatalogWeights(name)
 
 
 def _check_quota(s: Session, who: Principal, item: QuotaItem, exclude: str | None) -> None:
@@ -178,12 +186,19 @@ def _owner_limit(s: Session, dep: Deployment, who: Principal) -> Principal:
     return Principal(owner.id, owner.username, owner.is_admin, owner.gpu_limit, "")
 
 
-def _view(s: Session, dep: Deployment) -> dict[str, Any]:
+def _view(s: Session, dep: Deployment) -> DeploymentPublic:
     return deploy_object(dep, store.owner_name(s, dep))
 
 
-@router.post("/deploy/llm", status_code=201, responses=errors(403, 409, 422, notes=CREATE_NOTES))
-def create_llm(body: CreateLLM, who: PrincipalDep, services: ServicesDep) -> dict[str, Any]:
+# The deploy object's `weights` holds only the key that applies (see api.schemas).
+@router.post(
+    "/deploy/llm",
+    status_code=201,
+    response_model=DeploymentPublic,
+    response_model_exclude_unset=True,
+    responses=errors(403, 409, 422, notes=CREATE_NOTES),
+)
+def create_llm(body: CreateLLM, who: PrincipalDep, services: ServicesDep) -> DeploymentPublic:
     if not MODEL_NAME_RE.match(body.model_name):
         raise ValidationFailed(
             "model_name must match [a-z0-9][a-z0-9._-]{0,63}: lowercase letters, digits, '.', "
@@ -197,7 +212,16 @@ def create_llm(body: CreateLLM, who: PrincipalDep, services: ServicesDep) -> dic
         )
     _check_engine_args(body.engine_args, "engine_args", who)
     _check_engine_args(body.extra_args or [], "extra_args", who)
-    weights = _weights(body, services, who)
+    config = DeploymentConfig(
+        gpu=body.gpu,
+        num_gpus=body.num_gpus,
+        max_batch_size=body.max_batch_size,
+        engine=body.engine,
+        engine_args=(*body.engine_args, *(body.extra_args or [])),
+        weights=_weights(body, services, who),
+        preloaded_adapters=tuple(body.preloaded_adapters),
+        max_active_adapters=body.max_active_adapters,
+    )
     settings = _settings(body.settings, None)
     now = utcnow()
     with services.db.session() as s:
@@ -207,9 +231,8 @@ def create_llm(body: CreateLLM, who: PrincipalDep, services: ServicesDep) -> dic
                 param="model_name",
                 code="name_in_use",
             )
-        item = QuotaItem(body.gpu, body.num_gpus, settings.max_instances)
-        _check_quota(s, who, item, exclude=None)
-        _check_cpu_share(services, who, body.gpu, settings.min_instances)
+        _check_quota(s, who, config.quota_item(settings.max_instances), exclude=None)
+        _check_cpu_share(services, who, config.gpu, settings.min_instances)
         token = body.hf.token if body.hf is not None else None
         dep = Deployment(
             id=new_id("d"),
@@ -217,16 +240,7 @@ def create_llm(body: CreateLLM, who: PrincipalDep, services: ServicesDep) -> dic
             model_name=body.model_name,
             public=body.public,
             desired_state=DesiredState.RUNNING.value,
-            config={
-                "gpu": body.gpu,
-                "num_gpus": body.num_gpus,
-                "max_batch_size": body.max_batch_size,
-                "engine": body.engine,
-                "engine_args": [*body.engine_args, *(body.extra_args or [])],
-                "weights": weights,
-                "preloaded_adapters": list(body.preloaded_adapters),
-                "max_active_adapters": body.max_active_adapters,
-            },
+            config=config.to_json(),
             settings=settings.to_dict(),
             hf_token_enc=services.secrets.encrypt(token) if token else None,
             generation=1,
@@ -245,14 +259,24 @@ def create_llm(body: CreateLLM, who: PrincipalDep, services: ServicesDep) -> dic
     return out
 
 
-@router.get("/deploy/list", responses=errors(422))
-@router.get("/deploy/list/", include_in_schema=False)
+@router.get(
+    "/deploy/list",
+    response_model=list[DeploymentPublic],
+    response_model_exclude_unset=True,
+    responses=errors(422),
+)
+@router.get(
+    "/deploy/list/",
+    response_model=list[DeploymentPublic],
+    response_model_exclude_unset=True,
+    include_in_schema=False,
+)
 def list_deployments(
     who: PrincipalDep,
     services: ServicesDep,
     status: str | None = Query(default=None),
     all: bool = Query(default=False),
-) -> list[dict[str, Any]]:
+) -> list[DeploymentPublic]:
     statuses = [x.strip() for x in status.split(",") if x.strip()] if status else None
     bad = [x for x in statuses or [] if x not in ALL_STATUSES]
     if bad:
@@ -264,27 +288,36 @@ def list_deployments(
         return [_view(s, d) for d in store.list_for(s, who, statuses, all_users=all)]
 
 
-@router.get("/deploy/{deploy_id}", responses=errors(404))
-def get_deployment(deploy_id: str, who: PrincipalDep, services: ServicesDep) -> dict[str, Any]:
+@router.get(
+    "/deploy/{deploy_id}",
+    response_model=DeploymentPublic,
+    response_model_exclude_unset=True,
+    responses=errors(404),
+)
+def get_deployment(deploy_id: str, who: PrincipalDep, services: ServicesDep) -> DeploymentPublic:
     with services.db.session() as s:
         return _view(s, store.get_owned(s, who, deploy_id))
 
 
-@router.put("/deploy/{deploy_id}", responses=errors(403, 404, 422, notes=QUOTA))
+@router.put(
+    "/deploy/{deploy_id}",
+    response_model=DeploymentPublic,
+    response_model_exclude_unset=True,
+    responses=errors(403, 404, 422, notes=QUOTA),
+)
 def update_deployment(
     deploy_id: str, body: UpdateDeployment, who: PrincipalDep, services: ServicesDep
-) -> dict[str, Any]:
+) -> DeploymentPublic:
     with services.db.session() as s:
         dep = store.get_owned(s, who, deploy_id)
         changed: list[str] = []
         if body.settings is not None:
-            current = validate_settings(dep.settings, None)
-            new = _settings(body.settings, current)
+            new = _settings(body.settings, store.settings_of(dep))
             if dep.desired_state == DesiredState.RUNNING.value:
                 owner = _owner_limit(s, dep, who)
-                item = QuotaItem(dep.config["gpu"], int(dep.config["num_gpus"]), new.max_instances)
-                _check_quota(s, owner, item, exclude=dep.id)
-                _check_cpu_share(services, owner, dep.config["gpu"], new.min_instances)
+                config = store.config_of(dep)
+                _check_quota(s, owner, config.quota_item(new.max_instances), exclude=dep.id)
+                _check_cpu_share(services, owner, config.gpu, new.min_instances)
             dep.settings = new.to_dict()
             # Applied live: the autoscaler reads them at its next decision; clamp now so the
             # bounds hold even before that.
@@ -310,33 +343,33 @@ def _apply_config(
     dep: Deployment, body: UpdateDeployment, services: ApiServices, who: Principal
 ) -> None:
     assert body.config is not None
-    config = dict(dep.config)
+    current = store.config_of(dep)
+    config = current
     cfg = body.config
     if cfg.max_batch_size is not None:
-        config["max_batch_size"] = cfg.max_batch_size
+        config = replace(config, max_batch_size=cfg.max_batch_size)
     if cfg.engine_args is not None:
         # Checked on every change; what is already stored is left as it is.
         _check_engine_args(cfg.engine_args, "config.engine_args", who)
-        config["engine_args"] = list(cfg.engine_args)
+        config = replace(config, engine_args=tuple(cfg.engine_args))
     if cfg.preloaded_adapters is not None:
-        config["preloaded_adapters"] = list(cfg.preloaded_adapters)
+        config = replace(config, preloaded_adapters=tuple(cfg.preloaded_adapters))
     if cfg.max_active_adapters is not None:
-        config["max_active_adapters"] = cfg.max_active_adapters
+        config = replace(config, max_active_adapters=cfg.max_active_adapters)
     token_changed = False
     if cfg.hf is not None:
-        weights = dict(config.get("weights", {}))
-        if "hf" not in weights:
+        weights = config.weights
+        if not isinstance(weights, HfWeights):
             raise ValidationFailed(
                 "config.hf applies only to deployments with Hugging Face weights",
                 param="config.hf",
             )
         if cfg.hf.revision is not None:
-            weights["hf"] = {**weights["hf"], "revision": cfg.hf.revision}
+            config = replace(config, weights=replace(weights, revision=cfg.hf.revision))
         if cfg.hf.token is not None:
             token_changed = _set_hf_token(dep, cfg.hf.token or None, services)
-        config["weights"] = weights
-    if config != dep.config or token_changed:
-        dep.config = config
+    if config != current or token_changed:
+        dep.config = config.to_json()
         # A new generation: the reconciler replaces replicas one by one, new before old. A
         # new token counts although it is not in the config: replicas get it in their
         # environment at start, and the generation number says nothing about the token.
@@ -355,22 +388,16 @@ def _set_hf_token(dep: Deployment, token: str | None, services: ApiServices) -> 
 
 
 @router.delete("/deploy/{deploy_id}", responses=errors(404))
-def delete_deployment(deploy_id: str, who: PrincipalDep, services: ServicesDep) -> dict[str, Any]:
+def delete_deployment(deploy_id: str, who: PrincipalDep, services: ServicesDep) -> DeployIdPublic:
     with services.db.session() as s:
         dep = store.get_owned(s, who, deploy_id)
-        now = utcnow()
-        dep.desired_state = DesiredState.DELETED.value
-        dep.deleted_at = now
-        dep.updated_at = now
-        store.add_event(s, dep.id, "deleted", "deployment deleted; replicas drain, then stop")
-        for adapter in adapters_store.on_base(s, dep.id):
-            adapter.deleted_at = now
+        store.mark_deleted(s, dep, "deployment deleted; replicas drain, then stop")
     services.notify()
-    return {"deploy_id": deploy_id}
+    return DeployIdPublic(deploy_id=deploy_id)
 
 
 @router.post("/deploy/{deploy_id}/stop", responses=errors(404))
-def stop_deployment(deploy_id: str, who: PrincipalDep, services: ServicesDep) -> dict[str, Any]:
+def stop_deployment(deploy_id: str, who: PrincipalDep, services: ServicesDep) -> DeployIdPublic:
     with services.db.session() as s:
         dep = store.get_owned(s, who, deploy_id)
         if dep.desired_state != DesiredState.STOPPED.value:
@@ -378,16 +405,16 @@ def stop_deployment(deploy_id: str, who: PrincipalDep, services: ServicesDep) ->
             dep.updated_at = utcnow()
             store.add_event(s, dep.id, "stopped", "deployment stopped by its owner")
     services.notify()
-    return {"deploy_id": deploy_id}
+    return DeployIdPublic(deploy_id=deploy_id)
 
 
 @router.post("/deploy/{deploy_id}/start", responses=errors(403, 404, notes=QUOTA))
-def start_deployment(deploy_id: str, who: PrincipalDep, services: ServicesDep) -> dict[str, Any]:
+def start_deployment(deploy_id: str, who: PrincipalDep, services: ServicesDep) -> DeployIdPublic:
     with services.db.session() as s:
         dep = store.get_owned(s, who, deploy_id)
-        settings = validate_settings(dep.settings, None)
+        settings = store.settings_of(dep)
         if dep.desired_state != DesiredState.RUNNING.value:
-            item = QuotaItem(dep.config["gpu"], int(dep.config["num_gpus"]), settings.max_instances)
+            item = store.config_of(dep).quota_item(settings.max_instances)
             _check_quota(s, _owner_limit(s, dep, who), item, exclude=dep.id)
         dep.desired_state = DesiredState.RUNNING.value
         dep.desired_replicas = max(settings.min_instances, 1)
@@ -396,4 +423,4 @@ def start_deployment(deploy_id: str, who: PrincipalDep, services: ServicesDep) -
         dep.updated_at = utcnow()
         store.add_event(s, dep.id, "started", "deployment started by its owner")
     services.notify()
-    return {"deploy_id": deploy_id}
+    return DeployIdPublic(deploy_id=deploy_id)

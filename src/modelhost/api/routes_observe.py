@@ -14,12 +14,22 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
 from modelhost.api.deps import ApiServices, PrincipalDep, ServicesDep
+from modelhost.api.schemas import (
+    CatalogModelPublic,
+    CatalogPublic,
+    EventsPublic,
+    GpuAvailabilityPublic,
+    GpuPublic,
+    LogEntryPublic,
+    LogsPublic,
+)
 from modelhost.api.views import event_object
 from modelhost.domain.deployments import CPU
 from modelhost.orchestrator.backends import log_stamps
 from modelhost.store import deployments as store
 from modelhost.store.clock import iso
 from modelhost.store.tables import Replica
+from modelhost.store.users import Principal
 from modelhost.web.openapi import errors
 
 router = APIRouter()
@@ -29,7 +39,7 @@ FOLLOW_POLL_S = 0.5
 
 
 @router.get("/deploy/llm/gpu_availability")
-def gpu_availability(who: PrincipalDep, services: ServicesDep) -> dict[str, Any]:
+def gpu_availability(who: PrincipalDep, services: ServicesDep) -> GpuAvailabilityPublic:
     totals = dict(services.inventory.types())
     used: dict[str, int] = {}
     with services.db.session() as s:
@@ -38,28 +48,28 @@ def gpu_availability(who: PrincipalDep, services: ServicesDep) -> dict[str, Any]
                 gpu = services.inventory.type_of(device)
                 if gpu is not None:
                     used[gpu] = used.get(gpu, 0) + 1
-    return {
-        "gpus": [
-            {
-                "gpu": gpu,
-                "total": total,
-                "available": max(0, total - used.get(gpu, 0)),
-                "usd_per_hour": services.settings.price_per_hour(gpu),
-                "virtual": services.inventory.is_virtual(gpu) if gpu != CPU else False,
-            }
+    return GpuAvailabilityPublic(
+        gpus=[
+            GpuPublic(
+                gpu=gpu,
+                total=total,
+                available=max(0, total - used.get(gpu, 0)),
+                usd_per_hour=services.settings.price_per_hour(gpu),
+                virtual=services.inventory.is_virtual(gpu) if gpu != CPU else False,
+            )
             for gpu, total in sorted(totals.items())
         ]
-    }
+    )
 
 
 @router.get("/v1/catalog/models")
-def catalog_models(who: PrincipalDep, services: ServicesDep) -> dict[str, Any]:
-    return {
-        "models": [
-            {"name": m.name, "description": m.description, "available": m.available}
+def catalog_models(who: PrincipalDep, services: ServicesDep) -> CatalogPublic:
+    return CatalogPublic(
+        models=[
+            CatalogModelPublic(name=m.name, description=m.description, available=m.available)
             for m in services.catalog.values()
         ]
-    }
+    )
 
 
 @router.get("/deploy/{deploy_id}/events", responses=errors(404, 422))
@@ -69,14 +79,15 @@ def events(
     services: ServicesDep,
     after: int = Query(default=0, ge=0),
     limit: int = Query(default=500, ge=1, le=5000),
-) -> dict[str, Any]:
+) -> EventsPublic:
     with services.db.session() as s:
         store.get_owned(s, who, deploy_id)
-        return {"events": [event_object(e) for e in store.list_events(s, deploy_id, after, limit)]}
+        events = store.list_events(s, deploy_id, after, limit)
+        return EventsPublic(events=[event_object(e) for e in events])
 
 
 def _replica_logs(
-    services: ApiServices, who: Any, deploy_id: str, replica: str | None, since: float | None
+    services: ApiServices, who: Principal, deploy_id: str, replica: str | None, since: float | None
 ) -> list[Replica]:
     with services.db.session() as s:
         store.get_owned(s, who, deploy_id)
@@ -91,12 +102,25 @@ def _replica_logs(
     return out
 
 
-def _entry(replica_id: str, line: str, ts: float | None) -> dict[str, Any]:
+def _entry(replica_id: str, line: str, ts: float | None) -> LogEntryPublic:
     when = iso(datetime.fromtimestamp(ts, UTC)) if ts is not None else None
-    return {"ts": when, "replica": replica_id, "line": line}
+    return LogEntryPublic(ts=when, replica=replica_id, line=line)
 
 
-@router.get("/deploy/{deploy_id}/logs", response_model=None, responses=errors(404, 422))
+# Two answers, so no response_model: the 200 is documented by hand (JSON, or NDJSON lines of
+# the same entries with follow=true).
+LOGS_200: dict[int | str, dict[str, Any]] = {
+    200: {
+        "model": LogsPublic,
+        "description": "the last lines; with `follow=true`, NDJSON lines of `LogEntryPublic` "
+        "(`application/x-ndjson`) as they are written",
+    }
+}
+
+
+@router.get(
+    "/deploy/{deploy_id}/logs", response_model=None, responses={**LOGS_200, **errors(404, 422)}
+)
 def logs(
     deploy_id: str,
     request: Request,
@@ -106,7 +130,7 @@ def logs(
     since: float | None = Query(default=None, description="unix seconds"),
     limit: int = Query(default=100, ge=1, le=MAX_LOG_LINES),
     follow: bool = False,
-) -> dict[str, Any] | StreamingResponse:
+) -> LogsPublic | StreamingResponse:
     rows = _replica_logs(services, who, deploy_id, replica, since)
     entries = [
         _entry(r.id, line, ts)
@@ -115,7 +139,7 @@ def logs(
         for line, ts in log_stamps.tail(r.log_path, limit)
     ][-limit:]
     if not follow:
-        return {"entries": entries}
+        return LogsPublic(entries=entries)
     return StreamingResponse(
         _follow(services, who, deploy_id, replica, entries, request),
         media_type="application/x-ndjson",
@@ -124,15 +148,15 @@ def logs(
 
 async def _follow(
     services: ApiServices,
-    who: Any,
+    who: Principal,
     deploy_id: str,
     replica: str | None,
-    first: list[dict[str, Any]],
+    first: list[LogEntryPublic],
     request: Request,
 ) -> AsyncIterator[bytes]:
     """NDJSON: the last lines, then every new line of every replica, as it is written."""
     for entry in first:
-        yield (json.dumps(entry) + "\n").encode()
+        yield _ndjson(entry)
     offsets: dict[str, int] = {}
     for r in await asyncio.to_thread(_replica_logs, services, who, deploy_id, replica, None):
         if r.log_path:
@@ -157,9 +181,13 @@ async def _follow(
             # Read within FOLLOW_POLL_S of being written: the time it is read is its time.
             now = time.time()
             for line in lines:
-                entry = _entry(r.id, line.decode("utf-8", "replace"), now)
-                yield (json.dumps(entry) + "\n").encode()
+                yield _ndjson(_entry(r.id, line.decode("utf-8", "replace"), now))
         await asyncio.sleep(FOLLOW_POLL_S)
+
+
+def _ndjson(entry: LogEntryPublic) -> bytes:
+    # json.dumps as before (not pydantic's JSON): the same bytes, non-ASCII escaped.
+    return (json.dumps(entry.model_dump()) + "\n").encode()
 
 
 def _size(path: Path) -> int:

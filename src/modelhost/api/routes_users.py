@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter
 
+from modelhost.adapters import files
 from modelhost.api.deps import AdminDep, PrincipalDep, ServicesDep
-from modelhost.api.schemas import CreateToken, CreateUser
-from modelhost.api.views import token_object, user_object
+from modelhost.api.schemas import (
+    CreateToken,
+    CreateUser,
+    MePublic,
+    TokenCreatedPublic,
+    TokenPublic,
+    TokenRevokedPublic,
+    UserCreatedPublic,
+    UserDeletedPublic,
+    UsersPublic,
+)
+from modelhost.api.views import created_token_object, created_user_object, token_object, user_object
 from modelhost.domain.deployments import USERNAME_RE, gpus_reserved
-from modelhost.domain.status import DesiredState
 from modelhost.errors import ValidationFailed
+from modelhost.store import adapters as adapters_store
 from modelhost.store import deployments as deps_store
 from modelhost.store import users as users_store
 from modelhost.store.clock import utcnow
@@ -22,7 +31,7 @@ ADMIN = {403: "the caller is not an admin (`admin_only`)"}
 
 
 @router.post("/v1/users", status_code=201, responses=errors(403, 409, 422, notes=ADMIN))
-def create_user(body: CreateUser, admin: AdminDep, services: ServicesDep) -> dict[str, Any]:
+def create_user(body: CreateUser, admin: AdminDep, services: ServicesDep) -> UserCreatedPublic:
     if not USERNAME_RE.match(body.username):
         raise ValidationFailed(
             "username must be 1-32 characters of a-z, 0-9, '_' or '-', starting with a "
@@ -33,60 +42,76 @@ def create_user(body: CreateUser, admin: AdminDep, services: ServicesDep) -> dic
     with services.db.session() as s:
         user = users_store.create_user(s, body.username, limit, is_admin=body.is_admin)
         _, token = users_store.issue_token(s, user, "default")
-        return {**user_object(user), "token": token}
+        return created_user_object(user, token)
 
 
 @router.get("/v1/users", responses=errors(403, notes=ADMIN))
-def list_users(admin: AdminDep, services: ServicesDep) -> dict[str, Any]:
+def list_users(admin: AdminDep, services: ServicesDep) -> UsersPublic:
     with services.db.session() as s:
-        return {"users": [user_object(u) for u in users_store.list_users(s)]}
+        return UsersPublic(users=[user_object(u) for u in users_store.list_users(s)])
 
 
 @router.delete("/v1/users/{username}", responses=errors(403, 404, 422, notes=ADMIN))
-def delete_user(username: str, admin: AdminDep, services: ServicesDep) -> dict[str, Any]:
+def delete_user(username: str, admin: AdminDep, services: ServicesDep) -> UserDeletedPublic:
+    """The account, its tokens, its deployments (the reconciler stops their replicas and
+    writes their status) and the adapters on them, and its own adapters."""
     if username == admin.username:
         raise ValidationFailed("you cannot delete your own account", param="username")
     with services.db.session() as s:
         user = users_store.get_user(s, username)
-        now = utcnow()
+        adapter_ids: list[str] = []
         for dep in deps_store.list_by_owner(s, user.id):
-            dep.desired_state = DesiredState.DELETED.value
-            dep.deleted_at = now
-            dep.updated_at = now
-            deps_store.add_event(s, dep.id, "deleted", "owner account deleted")
+            on_base = deps_store.mark_deleted(s, dep, "owner account deleted")
+            adapter_ids += [a.id for a in on_base]
+        now = utcnow()
+        for adapter in adapters_store.list_owned(s, user.id):
+            if adapter.deleted_at is not None:  # on one of the deployments above
+                continue
+            adapter.deleted_at = now
+            adapter_ids.append(adapter.id)
+            deps_store.add_event(
+                s,
+                adapter.base_deploy_id,
+                "adapter_deleted",
+                f"adapter {username}/{adapter.name} deleted with its owner's account",
+            )
         users_store.delete_user(s, user)
     services.notify()
-    return {"username": username}
+    # As DELETE /v1/adapters: the files go once the rows say deleted.
+    root = files.adapters_root(services.settings.data_dir)
+    for adapter_id in adapter_ids:
+        files.remove(root / adapter_id)
+    return UserDeletedPublic(username=username)
 
 
 @router.get("/v1/me")
-def me(who: PrincipalDep, services: ServicesDep) -> dict[str, Any]:
+def me(who: PrincipalDep, services: ServicesDep) -> MePublic:
     with services.db.session() as s:
         reserved = gpus_reserved(deps_store.quota_items(s, who.user_id))
-    return {
-        "username": who.username,
-        "is_admin": who.is_admin,
-        "gpu_limit": who.gpu_limit,
-        "gpus_reserved": reserved,
-    }
+    return MePublic(
+        username=who.username,
+        is_admin=who.is_admin,
+        gpu_limit=who.gpu_limit,
+        gpus_reserved=reserved,
+    )
 
 
 @router.get("/v1/api-tokens")
-def list_tokens(who: PrincipalDep, services: ServicesDep) -> list[dict[str, Any]]:
+def list_tokens(who: PrincipalDep, services: ServicesDep) -> list[TokenPublic]:
     with services.db.session() as s:
         return [token_object(t) for t in users_store.list_tokens(s, who.user_id)]
 
 
 @router.post("/v1/api-tokens", status_code=201, responses=errors(409, 422))
-def create_token(body: CreateToken, who: PrincipalDep, services: ServicesDep) -> dict[str, Any]:
+def create_token(body: CreateToken, who: PrincipalDep, services: ServicesDep) -> TokenCreatedPublic:
     with services.db.session() as s:
         user = users_store.get_user(s, who.username)
         row, plaintext = users_store.issue_token(s, user, body.name)
-        return token_object(row, plaintext)
+        return created_token_object(row, plaintext)
 
 
 @router.delete("/v1/api-tokens/{token_id}", responses=errors(404))
-def revoke_token(token_id: str, who: PrincipalDep, services: ServicesDep) -> dict[str, Any]:
+def revoke_token(token_id: str, who: PrincipalDep, services: ServicesDep) -> TokenRevokedPublic:
     with services.db.session() as s:
         users_store.revoke_token(s, who.user_id, token_id)
-    return {"token_id": token_id}
+    return TokenRevokedPublic(token_id=token_id)

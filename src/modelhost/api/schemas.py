@@ -1,10 +1,26 @@
-"""Request bodies of the control-plane API (pydantic, strict about unknown fields)."""
+"""The control-plane API's shapes (pydantic): request bodies, strict about unknown fields, and
+the `*Public` objects the routes answer with (their `response_model`, so OpenAPI documents
+them). `api.views` builds the public objects from stored rows."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from modelhost.domain.autoscaling import AutoscalingSettings
+from modelhost.domain.deployments import (
+    DEFAULT_MAX_ACTIVE_ADAPTERS,
+    DEFAULT_MAX_BATCH_SIZE,
+    MAX_ACTIVE_ADAPTERS,
+    MAX_BATCH_SIZE,
+    MAX_ENGINE_ARGS,
+    MAX_GPU_LIMIT,
+    MAX_NUM_GPUS,
+    MAX_PRELOADED_ADAPTERS,
+)
+
+# ---- request bodies ---------------------------------------------------------------------------
 
 
 class _Strict(BaseModel):
@@ -13,7 +29,7 @@ class _Strict(BaseModel):
 
 class CreateUser(_Strict):
     username: str
-    gpu_limit: int | None = Field(default=None, ge=0, le=1024)
+    gpu_limit: int | None = Field(default=None, ge=0, le=MAX_GPU_LIMIT)
     is_admin: bool = False
 
 
@@ -34,23 +50,25 @@ class LocalWeights(_Strict):
 class CreateLLM(_Strict):
     model_name: str
     gpu: str
-    num_gpus: int = Field(default=1, ge=1, le=8)
-    max_batch_size: int = Field(default=96, ge=1, le=256)
+    num_gpus: int = Field(default=1, ge=1, le=MAX_NUM_GPUS)
+    max_batch_size: int = Field(default=DEFAULT_MAX_BATCH_SIZE, ge=1, le=MAX_BATCH_SIZE)
     hf: HFWeights | None = None
     local: LocalWeights | None = None
     base_model: str | None = None
     engine: str = "auto"
-    engine_args: list[str] = Field(default_factory=list, max_length=64)
+    engine_args: list[str] = Field(default_factory=list, max_length=MAX_ENGINE_ARGS)
     # DeepInfra's name for engine_args.
-    extra_args: list[str] | None = Field(default=None, max_length=64)
+    extra_args: list[str] | None = Field(default=None, max_length=MAX_ENGINE_ARGS)
     # DeepInfra accepts a container image; modelhost runs its own engines, so only null is valid.
     container_image: None = None
     settings: dict[str, Any] | None = None
     public: bool = False
     # Multi-LoRA: adapters (`<username>/<name>` or your own bare names) loaded at replica start,
     # and how many may be resident per replica at once.
-    preloaded_adapters: list[str] = Field(default_factory=list, max_length=1024)
-    max_active_adapters: int = Field(default=64, ge=1, le=1024)
+    preloaded_adapters: list[str] = Field(default_factory=list, max_length=MAX_PRELOADED_ADAPTERS)
+    max_active_adapters: int = Field(
+        default=DEFAULT_MAX_ACTIVE_ADAPTERS, ge=1, le=MAX_ACTIVE_ADAPTERS
+    )
 
 
 class HFUpdate(_Strict):
@@ -59,14 +77,216 @@ class HFUpdate(_Strict):
 
 
 class ConfigUpdate(_Strict):
-    max_batch_size: int | None = Field(default=None, ge=1, le=256)
-    engine_args: list[str] | None = Field(default=None, max_length=64)
+    max_batch_size: int | None = Field(default=None, ge=1, le=MAX_BATCH_SIZE)
+    engine_args: list[str] | None = Field(default=None, max_length=MAX_ENGINE_ARGS)
     hf: HFUpdate | None = None
-    preloaded_adapters: list[str] | None = Field(default=None, max_length=1024)
-    max_active_adapters: int | None = Field(default=None, ge=1, le=1024)
+    preloaded_adapters: list[str] | None = Field(default=None, max_length=MAX_PRELOADED_ADAPTERS)
+    max_active_adapters: int | None = Field(default=None, ge=1, le=MAX_ACTIVE_ADAPTERS)
 
 
 class UpdateDeployment(_Strict):
     settings: dict[str, Any] | None = None
     config: ConfigUpdate | None = None
     public: bool | None = None
+
+
+class AdapterSource(_Strict):
+    hf: HFWeights | None = None
+    local: LocalWeights | None = None
+
+
+class CreateAdapter(_Strict):
+    name: str
+    base: str = Field(description="<username>/<deployment>")
+    source: AdapterSource
+    public: bool = False
+
+
+# ---- answers ----------------------------------------------------------------------------------
+# Fields without a default are always present. The one-of objects (`weights`, an adapter's
+# `source`) hold only the key that applies: the routes answering with them serialize with
+# `response_model_exclude_unset`, and the views set just that key.
+
+
+class HFWeightsPublic(BaseModel):
+    repo: str
+    revision: str | None
+    token: Literal["***"] | None = Field(
+        description='"***" when a token is set (the token itself is never returned), else null'
+    )
+
+
+class LocalWeightsPublic(BaseModel):
+    path: str
+
+
+class CatalogWeightsPublic(BaseModel):
+    name: str
+
+
+class WeightsPublic(BaseModel):
+    """One of `hf`, `local` or `base_model`; none for the simulator engine."""
+
+    hf: HFWeightsPublic | None = None
+    local: LocalWeightsPublic | None = None
+    base_model: CatalogWeightsPublic | None = None
+
+
+class DeploymentConfigPublic(BaseModel):
+    gpu: str
+    num_gpus: int
+    max_batch_size: int
+    engine: str
+    engine_args: list[str]
+    weights: WeightsPublic
+    preloaded_adapters: list[str]
+    max_active_adapters: int
+
+
+class InstancesPublic(BaseModel):
+    running: int
+    pending: int
+
+
+class AutoscalingPublic(BaseModel):
+    desired_replicas: int
+    reason: str | None
+    pending_reason: str | None
+
+
+class DeploymentPublic(BaseModel):
+    """The deploy object."""
+
+    deploy_id: str
+    model_name: str = Field(description="<username>/<model_name>")
+    type: Literal["llm"]
+    status: str
+    fail_reason: str | None
+    created_at: str
+    updated_at: str
+    instances: InstancesPublic
+    config: DeploymentConfigPublic
+    settings: AutoscalingSettings
+    public: bool
+    autoscaling: AutoscalingPublic
+
+
+class DeployIdPublic(BaseModel):
+    deploy_id: str
+
+
+class UserPublic(BaseModel):
+    username: str
+    is_admin: bool
+    gpu_limit: int
+    created_at: str
+
+
+class UserCreatedPublic(UserPublic):
+    token: str = Field(description="the user's first API token, shown this once")
+
+
+class UsersPublic(BaseModel):
+    users: list[UserPublic]
+
+
+class UserDeletedPublic(BaseModel):
+    username: str
+
+
+class MePublic(BaseModel):
+    username: str
+    is_admin: bool
+    gpu_limit: int
+    gpus_reserved: int
+
+
+class TokenPublic(BaseModel):
+    token_id: str
+    name: str
+    prefix: str
+    created_at: str
+    last_used_at: str | None
+
+
+class TokenCreatedPublic(TokenPublic):
+    token: str = Field(description="the token, shown this once")
+
+
+class TokenRevokedPublic(BaseModel):
+    token_id: str
+
+
+class EventPublic(BaseModel):
+    id: int
+    ts: str
+    kind: str
+    message: str
+    data: dict[str, Any]
+
+
+class EventsPublic(BaseModel):
+    events: list[EventPublic]
+
+
+class LogEntryPublic(BaseModel):
+    ts: str | None
+    replica: str
+    line: str
+
+
+class LogsPublic(BaseModel):
+    entries: list[LogEntryPublic]
+
+
+class GpuPublic(BaseModel):
+    gpu: str
+    total: int
+    available: int
+    usd_per_hour: float
+    virtual: bool
+
+
+class GpuAvailabilityPublic(BaseModel):
+    gpus: list[GpuPublic]
+
+
+class CatalogModelPublic(BaseModel):
+    name: str
+    description: str
+    available: bool
+
+
+class CatalogPublic(BaseModel):
+    models: list[CatalogModelPublic]
+
+
+class AdapterSourcePublic(BaseModel):
+    """One of `hf` or `local`."""
+
+    hf: HFWeightsPublic | None = None
+    local: LocalWeightsPublic | None = None
+
+
+class AdapterPublic(BaseModel):
+    """The adapter object."""
+
+    adapter_id: str
+    name: str = Field(description="<username>/<name>")
+    base: str = Field(description="the base deployment's <username>/<model_name>")
+    base_deploy_id: str
+    source: AdapterSourcePublic
+    rank: int
+    target_modules: list[str]
+    public: bool
+    size_bytes: int
+    created_at: str
+
+
+class AdaptersPublic(BaseModel):
+    adapters: list[AdapterPublic]
+
+
+class AdapterDeletedPublic(BaseModel):
+    adapter_id: str
+    name: str

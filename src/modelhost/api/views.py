@@ -1,71 +1,132 @@
-"""JSON shapes the API returns (the deploy object of the contract, users, tokens, events)."""
+"""From stored rows to the public objects the API answers with (`api.schemas`): the deploy object
+of the contract, users, tokens, events, adapters."""
 
 from __future__ import annotations
 
-import copy
-from typing import Any
-
+from modelhost.api.schemas import (
+    AdapterPublic,
+    AdapterSourcePublic,
+    AutoscalingPublic,
+    CatalogWeightsPublic,
+    DeploymentConfigPublic,
+    DeploymentPublic,
+    EventPublic,
+    HFWeightsPublic,
+    InstancesPublic,
+    LocalWeightsPublic,
+    TokenCreatedPublic,
+    TokenPublic,
+    UserCreatedPublic,
+    UserPublic,
+    WeightsPublic,
+)
+from modelhost.domain.deployment_config import CatalogWeights, HfWeights, LocalWeights, Weights
 from modelhost.store.clock import iso
-from modelhost.store.deployments import shown_status
-from modelhost.store.tables import ApiToken, Deployment, Event, User
+from modelhost.store.deployments import config_of, settings_of, shown_status
+from modelhost.store.tables import Adapter, ApiToken, Deployment, Event, User
 
 
-def deploy_object(dep: Deployment, owner: str) -> dict[str, Any]:
-    config = copy.deepcopy(dep.config)
-    hf = config.get("weights", {}).get("hf")
-    if hf is not None:
-        # The token itself is never returned; "***" tells the owner one is set.
-        hf["token"] = "***" if dep.hf_token_enc else None
-    return {
-        "deploy_id": dep.id,
-        "model_name": f"{owner}/{dep.model_name}",
-        "type": "llm",
-        "status": shown_status(dep),
-        "fail_reason": dep.fail_reason,
-        "created_at": iso(dep.created_at),
-        "updated_at": iso(dep.updated_at),
-        "instances": {"running": dep.instances_running, "pending": dep.instances_pending},
-        "config": config,
-        "settings": dict(dep.settings),
-        "public": dep.public,
-        "autoscaling": {
-            "desired_replicas": dep.desired_replicas,
-            "reason": dep.scale_reason,
-            "pending_reason": dep.pending_reason,
-        },
-    }
+def _token_marker(token_enc: bytes | None) -> str | None:
+    # The token itself is never returned; "***" tells the owner one is set.
+    return "***" if token_enc else None
 
 
-def user_object(user: User, gpus_reserved: int | None = None) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "username": user.username,
-        "is_admin": user.is_admin,
-        "gpu_limit": user.gpu_limit,
-        "created_at": iso(user.created_at),
-    }
-    if gpus_reserved is not None:
-        out["gpus_reserved"] = gpus_reserved
-    return out
+def _weights(weights: Weights, token_enc: bytes | None) -> WeightsPublic:
+    # Only the key that applies is set (the routes serialize with exclude_unset).
+    if isinstance(weights, HfWeights):
+        hf = HFWeightsPublic(
+            repo=weights.repo, revision=weights.revision, token=_token_marker(token_enc)
+        )
+        return WeightsPublic(hf=hf)
+    if isinstance(weights, LocalWeights):
+        return WeightsPublic(local=LocalWeightsPublic(path=weights.path))
+    if isinstance(weights, CatalogWeights):
+        return WeightsPublic(base_model=CatalogWeightsPublic(name=weights.name))
+    return WeightsPublic()
 
 
-def token_object(tok: ApiToken, plaintext: str | None = None) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "token_id": tok.id,
-        "name": tok.name,
-        "prefix": tok.prefix,
-        "created_at": iso(tok.created_at),
-        "last_used_at": iso(tok.last_used_at),
-    }
-    if plaintext is not None:
-        out["token"] = plaintext
-    return out
+def deploy_object(dep: Deployment, owner: str) -> DeploymentPublic:
+    config = config_of(dep)
+    return DeploymentPublic(
+        deploy_id=dep.id,
+        model_name=f"{owner}/{dep.model_name}",
+        type="llm",
+        status=shown_status(dep),
+        fail_reason=dep.fail_reason,
+        created_at=iso(dep.created_at),
+        updated_at=iso(dep.updated_at),
+        instances=InstancesPublic(running=dep.instances_running, pending=dep.instances_pending),
+        config=DeploymentConfigPublic(
+            gpu=config.gpu,
+            num_gpus=config.num_gpus,
+            max_batch_size=config.max_batch_size,
+            engine=config.engine,
+            engine_args=list(config.engine_args),
+            weights=_weights(config.weights, dep.hf_token_enc),
+            preloaded_adapters=list(config.preloaded_adapters),
+            max_active_adapters=config.max_active_adapters,
+        ),
+        settings=settings_of(dep),
+        public=dep.public,
+        autoscaling=AutoscalingPublic(
+            desired_replicas=dep.desired_replicas,
+            reason=dep.scale_reason,
+            pending_reason=dep.pending_reason,
+        ),
+    )
 
 
-def event_object(ev: Event) -> dict[str, Any]:
-    return {
-        "id": ev.id,
-        "ts": iso(ev.ts),
-        "kind": ev.kind,
-        "message": ev.message,
-        "data": ev.data,
-    }
+def user_object(user: User) -> UserPublic:
+    return UserPublic(
+        username=user.username,
+        is_admin=user.is_admin,
+        gpu_limit=user.gpu_limit,
+        created_at=iso(user.created_at),
+    )
+
+
+def created_user_object(user: User, token: str) -> UserCreatedPublic:
+    return UserCreatedPublic(**user_object(user).model_dump(), token=token)
+
+
+def token_object(tok: ApiToken) -> TokenPublic:
+    return TokenPublic(
+        token_id=tok.id,
+        name=tok.name,
+        prefix=tok.prefix,
+        created_at=iso(tok.created_at),
+        last_used_at=iso(tok.last_used_at),
+    )
+
+
+def created_token_object(tok: ApiToken, plaintext: str) -> TokenCreatedPublic:
+    return TokenCreatedPublic(**token_object(tok).model_dump(), token=plaintext)
+
+
+def event_object(ev: Event) -> EventPublic:
+    return EventPublic(id=ev.id, ts=iso(ev.ts), kind=ev.kind, message=ev.message, data=ev.data)
+
+
+def adapter_object(a: Adapter, owner: str, base_name: str) -> AdapterPublic:
+    # {"hf": {"repo", "revision"}} or {"local": {"path"}}, as registration stores it.
+    if "hf" in a.source:
+        hf = a.source["hf"]
+        source = AdapterSourcePublic(
+            hf=HFWeightsPublic(
+                repo=hf["repo"], revision=hf.get("revision"), token=_token_marker(a.hf_token_enc)
+            )
+        )
+    else:
+        source = AdapterSourcePublic(local=LocalWeightsPublic(path=a.source["local"]["path"]))
+    return AdapterPublic(
+        adapter_id=a.id,
+        name=f"{owner}/{a.name}",
+        base=base_name,
+        base_deploy_id=a.base_deploy_id,
+        source=source,
+        rank=a.rank,
+        target_modules=list(a.target_modules),
+        public=a.public,
+        size_bytes=a.size_bytes,
+        created_at=iso(a.created_at),
+    )

@@ -107,11 +107,6 @@ class Autoscaler:
             self._desired.pop(deploy_id, None)
         return applied
 
-    def forget(self, deploy_id: str) -> None:
-        """Drop a deployment's windows, e.g. after `/stop` or a config change that restarts it."""
-        self._states.pop(deploy_id, None)
-        self._desired.pop(deploy_id, None)
-
     def _decide_one(self, deployment: AutoscaledDeployment, now: float) -> AppliedDecision:
         context = ScalingContext(
             now=now,

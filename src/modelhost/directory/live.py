@@ -59,6 +59,7 @@ class Directory:
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._check: _Check | None = None
+        self._next: _Check | None = None  # the check after the running one
         self._failing = False
         revision.watch(db.engine, self._committed)
 
@@ -77,6 +78,11 @@ class Directory:
                 self.snapshot = load(self._db)
             self.checked_at = started
             return reloaded
+
+    def age_s(self) -> float | None:
+        """Seconds since the database last confirmed the snapshot (None: never loaded)."""
+        checked = self.checked_at
+        return None if checked is None else time.monotonic() - checked
 
     def _committed(self) -> None:
         """This process committed a change the directory covers (store.revision.watch)."""
@@ -135,19 +141,29 @@ class Directory:
 
     async def fresh(self) -> Snapshot:
         """After a miss: the snapshot as of a check that began after this call (concurrent
-        misses share one), or the current one if that check fails or takes over MISS_WAIT_S."""
+        misses share one), or the current one if that check fails or takes over MISS_WAIT_S.
+
+        One check runs at a time: a miss that arrives after the running check began waits for
+        the next one, which starts when that one ends. A stalled database so holds one thread,
+        however many misses arrive meanwhile (each answered after MISS_WAIT_S)."""
         asked = time.monotonic()
         check = self._check
-        if (
-            check is None
-            or check.future.done()
-            or (check.started is not None and check.started < asked)
-        ):
-            check = self._check = _Check(asyncio.get_running_loop().create_future())
-            check.task = asyncio.create_task(self._run_check(check))
+        if check is None or check.future.done():
+            check = self._check = self._start(self._new_check())
+        elif check.started is not None and check.started < asked:
+            if self._next is None:
+                self._next = self._new_check()
+            check = self._next
         with contextlib.suppress(Exception):
             await asyncio.wait_for(asyncio.shield(check.future), MISS_WAIT_S)
         return self.snapshot
+
+    def _new_check(self) -> _Check:
+        return _Check(asyncio.get_running_loop().create_future())
+
+    def _start(self, check: _Check) -> _Check:
+        check.task = asyncio.create_task(self._run_check(check))
+        return check
 
     async def _run_check(self, check: _Check) -> None:
         try:
@@ -157,3 +173,6 @@ class Directory:
             check.future.exception()  # retrieved: a failed check is not an unhandled error
         else:
             check.future.set_result(reloaded)
+        following, self._next = self._next, None
+        if following is not None:
+            self._check = self._start(following)

@@ -17,6 +17,10 @@ DEFAULT_MAX_BATCH_SIZE = 96
 # rank-16 adapter of a 7B model is ~40 MB, so 64 keeps adapter memory small next to the KV cache.
 DEFAULT_MAX_ACTIVE_ADAPTERS = 64
 MAX_ACTIVE_ADAPTERS = 1024
+# Bounds of the lists a deployment's config holds, and of an admin-set GPU limit.
+MAX_ENGINE_ARGS = 64
+MAX_PRELOADED_ADAPTERS = 1024
+MAX_GPU_LIMIT = 1024
 
 
 def resolve_engine(engine: str, has_weights: bool) -> str:

@@ -40,7 +40,6 @@ class Gateway:
         self.settings = settings
         self._on_demand = on_demand
         self._pools: dict[str, DeploymentPool] = {}
-        self._snapshot_version = 0
         self.drain = Drain()
         # Inference requests to replicas.
         self.upstream = UpstreamClient(settings.request_timeout_s)
@@ -104,7 +103,6 @@ class Gateway:
         """Install a new routing snapshot (from the reconciler). Deployments missing from it
         have no routable replica; the gateway keeps serving the last snapshot if the control
         loops stall."""
-        self._snapshot_version += 1
         for deploy_id in set(self._pools) | set(table):
             self.pool(deploy_id).update(table.get(deploy_id, ()))
 

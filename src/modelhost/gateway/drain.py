@@ -12,20 +12,15 @@ from __future__ import annotations
 
 import asyncio
 
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from modelhost.errors import Unavailable
-from modelhost.web.errors import error_response
+from modelhost.errors import ShuttingDown
+from modelhost.web.errors import render_for_path
 
 # The margin between cutting requests and uvicorn's own deadline: time for the error events
 # to be written and the connections to close.
 CUT_MARGIN_S = 1.0
 RETRY_AFTER_S = 5
-
-
-class ShuttingDown(Unavailable):
-    code = "shutting_down"
 
 
 def shutting_down() -> ShuttingDown:
@@ -98,7 +93,7 @@ class DrainMiddleware:
             await self.app(scope, receive, send)
             return
         if self.drain.draining and scope["path"] == "/readyz":
-            await _refusal("/readyz", _draining())(scope, receive, send)
+            await render_for_path("/readyz", _draining())(scope, receive, send)
             return
         task = asyncio.current_task()
         if task is None:  # pragma: no cover - ASGI apps always run in a task
@@ -121,27 +116,13 @@ class DrainMiddleware:
             if not self.drain.absorb():
                 raise
             if not started:
-                await _refusal(scope["path"], shutting_down())(scope, receive, send)
+                # In the error shape of the route (LoRAX's under its per-deployment base URL).
+                await render_for_path(scope["path"], shutting_down())(scope, receive, send)
             elif not completed:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             self.drain.untrack(task)
 
 
-def _refusal(path: str, exc: Unavailable) -> JSONResponse:
-    """In the error shape of the route: LoRAX's under its per-deployment base URL (but for its
-    OpenAI routes), the OpenAI-style one elsewhere."""
-    parts = path.split("/")  # "", "deployments", user, model, rest...
-    if parts[1:2] == ["deployments"] and parts[4:5] != ["v1"]:
-        return JSONResponse(
-            {"error": exc.message, "error_type": exc.code},
-            status_code=exc.status_code,
-            headers={"retry-after": str(RETRY_AFTER_S)},
-        )
-    return error_response(exc)
-
-
-def _draining() -> Unavailable:
-    return Unavailable(
-        "the server is shutting down", code="shutting_down", retry_after=RETRY_AFTER_S
-    )
+def _draining() -> ShuttingDown:
+    return ShuttingDown("the server is shutting down", retry_after=RETRY_AFTER_S)

@@ -78,7 +78,6 @@ class DeploymentPool:
     _slots: dict[str, _Slot] = field(default_factory=dict)
     _waiters: deque[_Waiter] = field(default_factory=deque)
     last_request_at: float | None = None
-    last_request_wall: float | None = None
 
     # ---- signals for the autoscaler -------------------------------------------------------
     @property
@@ -168,7 +167,6 @@ class DeploymentPool:
         (on `clock`) shortens that wait for a request that has already waited."""
         now = self.clock()
         self.last_request_at = now
-        self.last_request_wall = time.time()
         if not self._waiters:
             slot = self._pick(adapter_id)
             if slot is not None:

@@ -24,8 +24,9 @@ from fastapi.responses import Response
 from modelhost.errors import Unavailable, UpstreamFailed, UpstreamTimeout
 from modelhost.gateway.drain import Drain
 from modelhost.gateway.pool import DeploymentPool, Lease
-from modelhost.gateway.stream import ProxiedStream, Style
+from modelhost.gateway.stream import ProxiedStream
 from modelhost.gateway.upstream import UpstreamClient, UpstreamResponse
+from modelhost.web.errors import Shape
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -172,7 +173,7 @@ async def forward(
     client: UpstreamClient,
     pool: DeploymentPool,
     up: Upstream,
-    style: Style,
+    style: Shape,
     timeout_s: float,
     drain: Drain,
     on_done: Callable[[ForwardResult], None],

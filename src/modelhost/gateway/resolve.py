@@ -1,8 +1,8 @@
 """Which deployment (and adapter) a request's `model` names, as the caller may see it: read from
 the in-memory directory (no database on the request path).
 
-Who may use what: a deployment or adapter is visible to its owner, to everyone when public, and
-to admins; anything else answers exactly like one that does not exist.
+Who may use what is `domain.access.may_use`: a deployment or adapter is visible to its owner, to
+everyone when public, and to admins; anything else answers exactly like one that does not exist.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from modelhost.directory.snapshot import AdapterEntry, DeploymentEntry, Snapshot
+from modelhost.domain.access import may_use
 from modelhost.errors import NotFound
 from modelhost.store.users import Principal
 
@@ -46,7 +47,9 @@ def adapter_not_found(adapter: str, base: Target) -> NotFound:
 
 
 def _visible(item: DeploymentEntry | AdapterEntry | None, who: Principal) -> bool:
-    return item is not None and (item.owner_id == who.user_id or item.public or who.is_admin)
+    return item is not None and may_use(
+        owner_id=item.owner_id, public=item.public, user_id=who.user_id, is_admin=who.is_admin
+    )
 
 
 def _target(dep: DeploymentEntry) -> Target:
@@ -116,5 +119,6 @@ def resolve_adapter_on(snap: Snapshot, who: Principal, base: Target, adapter: st
 
 
 def visible_models(snap: Snapshot, who: Principal) -> list[DeploymentEntry]:
-    """What `GET /v1/models` lists: the caller's own deployments and public ones."""
-    return [d for d in snap.deployments().values() if d.owner_id == who.user_id or d.public]
+    """What `GET /v1/models` lists: the deployments the caller may use (its own, public ones,
+    and for an admin every deployment)."""
+    return [d for d in snap.deployments().values() if _visible(d, who)]

@@ -21,10 +21,9 @@ from modelhost.domain.status import (
 )
 from modelhost.errors import (
     InvalidRequest,
-    ModelhostError,
     NotFound,
     PayloadTooLarge,
-    QueueFull,
+    ServiceError,
     Unavailable,
 )
 from modelhost.gateway.context import GatewayServices
@@ -40,11 +39,10 @@ from modelhost.gateway.resolve import (
     resolve_path,
     visible_models,
 )
-from modelhost.gateway.stream import Style
 from modelhost.gateway.validate import check_inference
 from modelhost.store.users import Principal
 from modelhost.web.auth import authenticate, bearer_token
-from modelhost.web.errors import error_response
+from modelhost.web.errors import Shape, render, status_of
 from modelhost.web.openapi import LORAX_INFERENCE, OPENAI_INFERENCE, errors
 
 router = APIRouter()
@@ -60,26 +58,6 @@ def _services(request: Request) -> GatewayServices:
 def _gateway(request: Request) -> Gateway:
     gateway: Gateway = request.app.state.gateway
     return gateway
-
-
-def lorax_error(exc: ModelhostError) -> JSONResponse:
-    """LoRAX's error shape. Where LoRAX has a word for the failure it is used, so that its
-    client raises the same exception as against LoRAX: invalid input is 422 `validation`
-    (ValidationError, like the engine's own answer), a full queue `overloaded`
-    (OverloadedError). Otherwise `error_type` is our code and the client picks its exception
-    by status: 404 (unknown deployment or adapter) is its NotFoundError, naming what is unknown.
-    """
-    status, error_type = exc.status_code, exc.code or exc.error_type
-    if isinstance(exc, InvalidRequest):
-        status, error_type = 422, "validation"
-    elif isinstance(exc, QueueFull):
-        error_type = "overloaded"
-    response = error_response(exc)
-    return JSONResponse(
-        {"error": exc.message, "error_type": error_type},
-        status_code=status,
-        headers={k: v for k, v in response.headers.items() if k.lower() == "retry-after"},
-    )
 
 
 async def _body(request: Request, limit: int) -> dict[str, Any]:
@@ -151,7 +129,7 @@ def _check_servable(target: Target) -> None:
 
 
 async def _proxy(
-    request: Request, target: Target, path: str, body: dict[str, Any], style: Style
+    request: Request, target: Target, path: str, body: dict[str, Any], style: Shape
 ) -> Response:
     # Checked before anything is admitted: an invalid request takes no slot, starts nothing.
     stream = check_inference(path, body)
@@ -198,14 +176,14 @@ async def _openai(request: Request, path: str) -> Response:
         return await _proxy(request, target, path, body, "openai")
     except ClientGone:
         return Response(status_code=499)
-    except ModelhostError as exc:
+    except ServiceError as exc:
         if deploy_id:
-            _gateway(request).record_rejected(deploy_id, exc.status_code)
-        return error_response(exc)
+            _gateway(request).record_rejected(deploy_id, status_of(exc))
+        return render(exc, "openai")
     except asyncio.CancelledError:
         if not _gateway(request).drain.absorb():
             raise
-        return error_response(shutting_down())
+        return render(shutting_down(), "openai")
 
 
 @router.post("/v1/openai/chat/completions", responses=OPENAI_INFERENCE)
@@ -225,8 +203,8 @@ async def completions(request: Request) -> Response:
 async def models(request: Request) -> Response:
     try:
         who = await _principal(request)
-    except ModelhostError as exc:
-        return error_response(exc)
+    except ServiceError as exc:
+        return render(exc, "openai")
     data = [
         {
             "id": dep.full_name,
@@ -292,20 +270,22 @@ async def _deployment(request: Request, username: str, model_name: str) -> Targe
 
 async def _lorax(request: Request, username: str, model_name: str, path: str) -> Response:
     openai_style = path.startswith("/v1/")
+    # LoRAX's error shape, but for the OpenAI routes under the deployment's base URL.
+    shape: Shape = "openai" if openai_style else "lorax"
     try:
         who = await _principal(request)
         body = await _body(request, _services(request).settings.max_body_bytes)
         base = await _lookup(request, who, username, model_name)
         target = await _with_adapter(request, who, base, body, openai_style)
-        return await _proxy(request, target, path, body, "openai" if openai_style else "lorax")
+        return await _proxy(request, target, path, body, shape)
     except ClientGone:
         return Response(status_code=499)
-    except ModelhostError as exc:
-        return error_response(exc) if openai_style else lorax_error(exc)
+    except ServiceError as exc:
+        return render(exc, shape)
     except asyncio.CancelledError:
         if not _gateway(request).drain.absorb():
             raise
-        return error_response(shutting_down()) if openai_style else lorax_error(shutting_down())
+        return render(shutting_down(), shape)
 
 
 @router.post("/deployments/{username}/{model_name}", responses=LORAX_INFERENCE)
@@ -353,8 +333,8 @@ async def lorax_health(request: Request, username: str, model_name: str) -> Resp
                 code="no_ready_replica",
                 retry_after=HEALTH_RETRY_AFTER_S,
             )
-    except ModelhostError as exc:
-        return lorax_error(exc)
+    except ServiceError as exc:
+        return render(exc, "lorax")
     return JSONResponse({"status": "ok"})
 
 
@@ -362,8 +342,8 @@ async def lorax_health(request: Request, username: str, model_name: str) -> Resp
 async def lorax_info(request: Request, username: str, model_name: str) -> Response:
     try:
         target = await _deployment(request, username, model_name)
-    except ModelhostError as exc:
-        return lorax_error(exc)
+    except ServiceError as exc:
+        return render(exc, "lorax")
     pool = _gateway(request).pool(target.deploy_id)
     endpoint = pool.any_endpoint()
     info: dict[str, Any] = {"model_id": target.full_name, "status": target.status}

@@ -10,38 +10,18 @@ complete when it is not.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from modelhost.errors import ModelhostError, UpstreamFailed
-from modelhost.gateway.drain import Drain, ShuttingDown, shutting_down
+from modelhost.errors import UpstreamFailed
+from modelhost.gateway.drain import Drain, shutting_down
 from modelhost.gateway.upstream import UpstreamResponse
-
-Style = Literal["openai", "lorax"]
-
-
-def sse_error(err: ModelhostError, style: Style) -> bytes:
-    if style == "lorax":
-        # LoRAX's word for a stream cut short, so its client raises IncompleteGenerationError.
-        cut = isinstance(err, UpstreamFailed | ShuttingDown)
-        kind = "incomplete_generation" if cut else err.code
-        payload: dict[str, Any] = {"error": err.message, "error_type": kind or "error"}
-    else:
-        payload = {
-            "error": {
-                "message": err.message,
-                "type": err.error_type,
-                "param": err.param,
-                "code": err.code,
-            }
-        }
-    return f"data: {json.dumps(payload)}\n\n".encode()
+from modelhost.web.errors import Shape, sse_error
 
 
 class ProxiedStream(Response):
@@ -52,7 +32,7 @@ class ProxiedStream(Response):
         upstream: UpstreamResponse,
         *,
         replica_id: str,
-        style: Style,
+        style: Shape,
         drain: Drain,
         started: float,
         on_first_byte: Callable[[float], None],
@@ -64,7 +44,7 @@ class ProxiedStream(Response):
         self.init_headers(headers)
         self._upstream = upstream
         self._replica_id = replica_id
-        self._style: Style = style
+        self._style: Shape = style
         self._drain = drain
         self._started = started
         self._on_first_byte = on_first_byte

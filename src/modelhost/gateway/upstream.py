@@ -3,8 +3,22 @@ parsed by httptools (the C parser uvicorn uses), body chunks handed over as they
 
 Why not httpx: on the request path it cost about as much CPU as the rest of the gateway
 together (its connection pool's locks and liveness checks, header models, cookie handling),
-none of which a POST to a replica on 127.0.0.1 needs. Failures are raised as httpx's exception
-classes, so the proxy's retry rules (`proxy.py`) read them as before:
+none of which a POST to a replica on 127.0.0.1 needs.
+
+Why not aiohttp's client (measured for issue 10, aiohttp 3.14.5 with its C parser, one
+`ClientSession` + `TCPConnector` with keep-alive, no cookies, no decompression, no automatic
+headers): behind this same interface it passed the gateway's fault tests, but the client alone
+cost 100-240 µs of CPU per request against 24-29 µs for this one (a raw replica on 127.0.0.1,
+8 and 64 concurrent requests, plain and streaming chat answers, medians of 3-5 rounds), and in
+bench/gateway.py the gateway's CPU per request rose by about 17% (median of 8 cells, 575 ->
+675 µs; 2 rounds each, alternated), outside the 10% that would have made the library the
+better choice. Its cost is in
+what this path does not need: request/response objects with URL (yarl) and multidict headers,
+the timer and trace machinery, the payload writer. (It also never retries a POST on a
+kept-alive connection the replica closed as it was reused, which the gateway needs; see below.)
+
+Failures are raised as httpx's exception classes, so the proxy's retry rules (`proxy.py`) read
+them as before:
 
 - `httpx.ConnectError` / `ConnectTimeout`: no connection, the request never left;
 - `httpx.RemoteProtocolError`: the replica closed the connection (or sent garbage) before or

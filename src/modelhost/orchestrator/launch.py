@@ -7,21 +7,23 @@ from collections.abc import Sequence
 from sqlalchemy.orm import Session
 
 from modelhost.config.catalog import CatalogModel
-from modelhost.domain.deployments import DEFAULT_MAX_ACTIVE_ADAPTERS, resolve_engine
+from modelhost.domain.deployment_config import CatalogWeights, HfWeights, LocalWeights
+from modelhost.domain.deployments import resolve_engine
 from modelhost.domain.replicas import LaunchSpec
 from modelhost.orchestrator.types import DesiredDeployment
 from modelhost.security.secretbox import SecretBox
 from modelhost.store import adapters as adapters_store
+from modelhost.store.deployments import config_of
 from modelhost.store.tables import Deployment, User
 
 
 def weights_path(dep: Deployment, catalog: dict[str, CatalogModel]) -> str | None:
     """The local file or folder of a deployment's weights, if they are on this server."""
-    weights = dep.config.get("weights", {})
-    if "local" in weights:
-        return str(weights["local"]["path"])
-    if "base_model" in weights:
-        model = catalog.get(weights["base_model"]["name"])
+    weights = config_of(dep).weights
+    if isinstance(weights, LocalWeights):
+        return weights.path
+    if isinstance(weights, CatalogWeights):
+        model = catalog.get(weights.name)
         return model.local_path if model is not None else None
     return None
 
@@ -34,16 +36,15 @@ def launch_spec(
     adapter_dir: str,
     preload_ids: Sequence[str] = (),
 ) -> LaunchSpec:
-    config = dep.config
-    weights = config.get("weights", {})
+    config = config_of(dep)
+    weights = config.weights
     local = hf_repo = hf_revision = None
-    if "local" in weights:
-        local = weights["local"]["path"]
-    elif "hf" in weights:
-        hf_repo = weights["hf"]["repo"]
-        hf_revision = weights["hf"].get("revision")
-    elif "base_model" in weights:
-        model = catalog.get(weights["base_model"]["name"])
+    if isinstance(weights, LocalWeights):
+        local = weights.path
+    elif isinstance(weights, HfWeights):
+        hf_repo, hf_revision = weights.repo, weights.revision
+    elif isinstance(weights, CatalogWeights):
+        model = catalog.get(weights.name)
         if model is not None:
             local, hf_repo, hf_revision = model.local_path, model.hf_repo, model.hf_revision
     secret_env: dict[str, str] = {}
@@ -52,9 +53,9 @@ def launch_spec(
         if token:
             secret_env["HF_TOKEN"] = token
     return LaunchSpec(
-        engine=resolve_engine(config["engine"], bool(weights)),
+        engine=resolve_engine(config.engine, weights is not None),
         served_model_name=f"{owner}/{dep.model_name}",
-        max_batch_size=int(config["max_batch_size"]),
+        max_batch_size=config.max_batch_size,
         weights_local=local,
         weights_hf_repo=hf_repo,
         weights_hf_revision=hf_revision,
@@ -62,13 +63,13 @@ def launch_spec(
             "--adapter-dir",
             adapter_dir,
             "--max-active-adapters",
-            str(config.get("max_active_adapters", DEFAULT_MAX_ACTIVE_ADAPTERS)),
+            str(config.max_active_adapters),
             *(arg for adapter_id in preload_ids for arg in ("--preload-adapter", adapter_id)),
-            *config.get("engine_args", []),
+            *config.engine_args,
         ),
         secret_env=secret_env,
-        gpu_type=config["gpu"],
-        num_gpus=int(config["num_gpus"]),
+        gpu_type=config.gpu,
+        num_gpus=config.num_gpus,
     )
 
 
@@ -97,7 +98,7 @@ def preloaded_adapter_ids(s: Session, dep: Deployment) -> list[str]:
     """The ids of the adapters named in `preloaded_adapters` (`<username>/<name>`, or a bare
     name of the deployment owner's) that are registered on `dep`. Names not registered yet are
     skipped: they load on first use once they are."""
-    names = list(dep.config.get("preloaded_adapters", []))
+    names = config_of(dep).preloaded_adapters
     if not names:
         return []
     owner = s.get(User, dep.owner_id)

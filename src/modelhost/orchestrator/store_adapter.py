@@ -10,7 +10,6 @@ from dataclasses import dataclass, field, replace
 from sqlalchemy.orm import Session
 
 from modelhost.config.catalog import CatalogModel
-from modelhost.domain.deployments import DEFAULT_MAX_ACTIVE_ADAPTERS
 from modelhost.domain.replicas import ReplicaState
 from modelhost.domain.status import DesiredState
 from modelhost.orchestrator.backends.base import AdoptResult, ReplicaRecord
@@ -52,6 +51,7 @@ class SqlDesiredState:
     def _stored(self, s: Session, dep: Deployment, ever_started: bool) -> StoredDeployment:
         owner_row = s.get(User, dep.owner_id)
         owner = owner_row.username if owner_row is not None else "?"
+        config = store.config_of(dep)
         stored = StoredDeployment(
             deploy_id=dep.id,
             owner=owner,
@@ -61,10 +61,8 @@ class SqlDesiredState:
             generation=dep.generation,
             fail_reason=dep.fail_reason,
             ever_started=ever_started,
-            max_batch_size=int(dep.config["max_batch_size"]),
-            max_active_adapters=int(
-                dep.config.get("max_active_adapters", DEFAULT_MAX_ACTIVE_ADAPTERS)
-            ),
+            max_batch_size=config.max_batch_size,
+            max_active_adapters=config.max_active_adapters,
         )
         if not stored.should_run:
             return stored

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -36,6 +36,27 @@ from modelhost.web.auth_guard import AuthGuardMiddleware
 from modelhost.web.body_limit import BodyLimitMiddleware
 
 log = logging.getLogger(__name__)
+
+# /readyz waits this long for the database before it answers without it.
+READYZ_PING_TIMEOUT_S = 1.0
+
+
+class StorePing:
+    """The database's liveness for /readyz, bounded in time, with at most one ping in flight:
+    probes during a stall neither hang nor pile up threads."""
+
+    def __init__(self, ping: Callable[[], bool], timeout_s: float) -> None:
+        self._ping = ping
+        self._timeout_s = timeout_s
+        self._running: asyncio.Future[bool] | None = None
+
+    async def __call__(self) -> bool:
+        if self._running is None or self._running.done():
+            self._running = asyncio.ensure_future(asyncio.to_thread(self._ping))
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._running), self._timeout_s)
+        except TimeoutError:
+            return False
 
 
 def create_app(
@@ -99,14 +120,30 @@ def create_app(
     async def healthz() -> dict[str, Any]:
         return {"status": "ok", "version": __version__}
 
+    ping = StorePing(services.db.ping, READYZ_PING_TIMEOUT_S)
+
     @app.get("/readyz", include_in_schema=False)
     async def readyz(request: Request) -> JSONResponse:
-        db_ok = await asyncio.to_thread(services.db.ping)
+        # Ready = this process should get traffic. Through a database outage it still serves
+        # running deployments from its directory snapshot, so it stays ready ("degraded"): a
+        # load balancer must not pull every gateway at once when the database stalls.
+        db_ok = await ping()
         loops_ok = loops.healthy()
-        ok = db_ok and loops_ok
+        age = services.directory.age_s()
+        if db_ok and loops_ok:
+            status, code = "ok", 200
+        elif not db_ok and age is not None:
+            status, code = "degraded", 200
+        else:
+            status, code = "unavailable", 503
         return JSONResponse(
-            {"status": "ok" if ok else "unavailable", "store": db_ok, "loops": loops_ok},
-            status_code=200 if ok else 503,
+            {
+                "status": status,
+                "store": db_ok,
+                "loops": loops_ok,
+                "directory_age_s": None if age is None else round(age, 3),
+            },
+            status_code=code,
         )
 
     @app.get("/metrics", include_in_schema=False)

@@ -11,9 +11,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from sqlalchemy.orm import Session
+
 from modelhost.autoscaler.loop import AutoscaledDeployment
 from modelhost.autoscaler.policy import LoadSignals, ScalingDecision
-from modelhost.domain.autoscaling import validate_settings
+from modelhost.domain.deployment_config import DeploymentConfig
 from modelhost.domain.deployments import CPU
 from modelhost.domain.replicas import ReplicaState
 from modelhost.domain.status import DesiredState
@@ -64,8 +66,9 @@ class AutoscaleGlue:
                 # Free capacity does not bound the count: replicas that don't fit are pending
                 # (instances.pending, with the reason), so a deployment that wants replicas it
                 # can't place never looks like one that wants none.
-                settings = validate_settings(d.settings, None)
-                quota_max = self._quota_max(s, d, int(d.config["num_gpus"]))
+                settings = store.settings_of(d)
+                config = store.config_of(d)
+                quota_max = self._quota_max(s, d, config)
                 placeable = settings.max_instances if quota_max is None else quota_max
                 # What the reconciler could not place, of what it has not started yet (a replica
                 # it started since then is starting, and must not be taken for pending).
@@ -75,7 +78,7 @@ class AutoscaleGlue:
                     AutoscaledDeployment(
                         deploy_id=d.id,
                         settings=settings,
-                        max_batch_size=int(d.config["max_batch_size"]),
+                        max_batch_size=config.max_batch_size,
                         # A replica the store wants but that has not started yet counts: the
                         # policy must not cancel a start it has not seen happen.
                         current_replicas=max(len(live), d.desired_replicas),
@@ -88,18 +91,15 @@ class AutoscaleGlue:
                 )
         return out
 
-    def _quota_max(self, s: object, dep: Deployment, num_gpus: int) -> int | None:
+    def _quota_max(self, s: Session, dep: Deployment, config: DeploymentConfig) -> int | None:
         """Replicas the owner's GPU limit allows this deployment, given the others' reservations."""
-        if dep.config["gpu"] == CPU:
+        if config.gpu == CPU:
             return None
-        from sqlalchemy.orm import Session
-
-        assert isinstance(s, Session)
         owner = s.get(User, dep.owner_id)
         if owner is None:
             return 0
         others = sum(i.gpus for i in store.quota_items(s, dep.owner_id, exclude=dep.id))
-        return max(0, (owner.gpu_limit - others) // num_gpus)
+        return max(0, (owner.gpu_limit - others) // config.num_gpus)
 
     # ---- SignalSource -----------------------------------------------------------------------
     def signals(self, deploy_id: str) -> LoadSignals:

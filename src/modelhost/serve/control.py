@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter
 
@@ -26,6 +26,7 @@ from modelhost.serve.autoscale_glue import AutoscaleGlue, monotonic_now
 from modelhost.serve.services import Services
 from modelhost.store import deployments as store
 from modelhost.store.tables import Deployment
+from modelhost.store.write_behind import WriteBehind
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,10 @@ class ControlLoops:
         self._tasks: list[asyncio.Task[None]] = []
         self._last_pass: dict[str, float] = {}
         self._last_demand: dict[str, float] = {}
+        # The activator's store writes: one thread, batched, retried, flushed at stop().
+        self._demand: WriteBehind[str, float] = WriteBehind(
+            "scale-from-zero", self._scale_from_zero
+        )
         self._errors = Counter(
             "modelhost_loop_errors", "Failed passes of a control loop", ["loop"], registry=registry
         )
@@ -138,23 +143,26 @@ class ControlLoops:
         await asyncio.to_thread(self.backend.close, True, grace)
         if self.reconciler is not None:
             await asyncio.to_thread(self.reconciler.close)
+        await asyncio.to_thread(self._demand.close)
 
     # ---- the activator's hook -------------------------------------------------------------
     def on_demand(self, deploy_id: str) -> None:
         """A request arrived for a deployment with no ready replica: make sure one is wanted.
-        Called on the event loop by the gateway; the store write runs in a thread."""
+        Called on the event loop by the gateway; the store write is queued for the activator's
+        writer thread (batched, retried while the database is down, flushed at shutdown)."""
         now = time.monotonic()
         if now - self._last_demand.get(deploy_id, 0.0) < DEMAND_DEBOUNCE_S:
             return
         self._last_demand[deploy_id] = now
-        asyncio.get_running_loop().run_in_executor(None, self._scale_from_zero, deploy_id)
+        self._demand.put(deploy_id, now)
 
-    def _scale_from_zero(self, deploy_id: str) -> None:
+    def _scale_from_zero(self, batch: Mapping[str, float]) -> None:
         with self.services.db.session() as s:
-            dep = s.get(Deployment, deploy_id)
-            if dep is None or dep.desired_state != "running" or dep.desired_replicas > 0:
-                return
-            dep.desired_replicas = 1
-            dep.scale_reason = "a request arrived while at zero replicas -> 1 replica"
-            store.add_event(s, deploy_id, "scale", dep.scale_reason)
+            for deploy_id in batch:
+                dep = s.get(Deployment, deploy_id)
+                if dep is None or dep.desired_state != "running" or dep.desired_replicas > 0:
+                    continue
+                dep.desired_replicas = 1
+                dep.scale_reason = "a request arrived while at zero replicas -> 1 replica"
+                store.add_event(s, deploy_id, "scale", dep.scale_reason)
         self.services.notify()

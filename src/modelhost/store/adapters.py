@@ -27,14 +27,6 @@ def find(s: Session, username: str, name: str) -> Adapter | None:
     )
 
 
-def visible(adapter: Adapter | None, who: Principal) -> bool:
-    return (
-        adapter is not None
-        and adapter.deleted_at is None
-        and (adapter.owner_id == who.user_id or adapter.public or who.is_admin)
-    )
-
-
 def get_owned(s: Session, who: Principal, name: str) -> Adapter:
     adapter = find(s, who.username, name)
     if adapter is None:

@@ -8,6 +8,9 @@ from typing import Any
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
+from modelhost.domain.access import may_manage
+from modelhost.domain.autoscaling import AutoscalingSettings, validate_settings
+from modelhost.domain.deployment_config import DeploymentConfig
 from modelhost.domain.deployments import QuotaItem
 from modelhost.domain.status import (
     DeploymentStatus,
@@ -17,8 +20,9 @@ from modelhost.domain.status import (
     derive_status,
 )
 from modelhost.errors import NotFound
+from modelhost.store import adapters as adapters_store
 from modelhost.store.clock import utcnow
-from modelhost.store.tables import Deployment, Event, Replica, User
+from modelhost.store.tables import Adapter, Deployment, Event, Replica, User
 from modelhost.store.users import Principal
 
 
@@ -27,11 +31,23 @@ def not_found(deploy_id: str) -> NotFound:
     return NotFound(f"deployment {deploy_id!r} not found", param="deploy_id")
 
 
+def config_of(dep: Deployment) -> DeploymentConfig:
+    """The deployment's config, typed: the one reader of the `config` JSON column."""
+    return DeploymentConfig.from_json(dep.config)
+
+
+def settings_of(dep: Deployment) -> AutoscalingSettings:
+    """The deployment's autoscaling settings, typed: the one reader of the `settings` JSON
+    column (stored validated, so this only fills in the defaults of fields added since)."""
+    return validate_settings(dep.settings, None)
+
+
 def get_owned(s: Session, who: Principal, deploy_id: str) -> Deployment:
+    """A deployment the caller may manage; any other answers as unknown."""
     dep = s.get(Deployment, deploy_id)
     if dep is None or dep.deleted_at is not None:
         raise not_found(deploy_id)
-    if dep.owner_id != who.user_id and not who.is_admin:
+    if not may_manage(owner_id=dep.owner_id, user_id=who.user_id, is_admin=who.is_admin):
         raise not_found(deploy_id)
     return dep
 
@@ -99,10 +115,25 @@ def quota_items(s: Session, owner_id: int, exclude: str | None = None) -> list[Q
         Deployment.deleted_at.is_(None),
     )
     return [
-        QuotaItem(d.config["gpu"], int(d.config["num_gpus"]), int(d.settings["max_instances"]))
+        config_of(d).quota_item(settings_of(d).max_instances)
         for d in s.scalars(q)
         if d.id != exclude
     ]
+
+
+def mark_deleted(s: Session, dep: Deployment, message: str) -> list[Adapter]:
+    """Record the owner's (or an admin's) delete: the reconciler drains and stops the replicas
+    and writes the status. The adapters registered on it go with it; they are returned, so the
+    caller can remove their files once this commits."""
+    now = utcnow()
+    dep.desired_state = DesiredState.DELETED.value
+    dep.deleted_at = now
+    dep.updated_at = now
+    add_event(s, dep.id, "deleted", message)
+    adapters = adapters_store.on_base(s, dep.id)
+    for adapter in adapters:
+        adapter.deleted_at = now
+    return adapters
 
 
 def live_deployments(s: Session) -> list[Deployment]:

@@ -12,7 +12,6 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
-    Float,
     ForeignKey,
     Index,
     Integer,
@@ -84,7 +83,9 @@ class Deployment(Base):
     public: Mapped[bool] = mapped_column(Boolean, default=False)
     # running | stopped | deleted: what the owner asked for.
     desired_state: Mapped[str] = mapped_column(String(16))
-    # gpu, num_gpus, max_batch_size, engine, engine_args, weights (token never stored here).
+    # domain.deployment_config.DeploymentConfig as JSON (the HF token is never stored here),
+    # and domain.autoscaling.AutoscalingSettings as JSON; read them with
+    # store.deployments.config_of and settings_of.
     config: Mapped[dict[str, Any]] = mapped_column(JSON)
     settings: Mapped[dict[str, Any]] = mapped_column(JSON)
     hf_token_enc: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
@@ -100,7 +101,6 @@ class Deployment(Base):
     instances_running: Mapped[int] = mapped_column(Integer, default=0)
     instances_pending: Mapped[int] = mapped_column(Integer, default=0)
     pending_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
-    last_request_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

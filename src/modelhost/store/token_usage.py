@@ -1,30 +1,40 @@
 """When each API token was last used (`last_used_at`), without a write on every request.
 
 A token's time is written at most once per `every_s` (the stored value says when it last was,
-and an in-memory note covers writes still queued), by one background thread: a request only
-queues the write, so a slow or locked database never fails or delays it.
+and an in-memory note covers writes queued or done since the directory was loaded). A request
+only queues the write (`store.write_behind`): one background thread writes what is queued in
+batches, one transaction each, so a slow, locked or stalled database never fails or delays a
+request, and a write that failed is tried again. `close()` (on a clean shutdown) writes what is
+still queued.
 """
 
 from __future__ import annotations
 
-import logging
-import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import update
+from sqlalchemy import bindparam
 
 from modelhost.store.clock import utcnow
 from modelhost.store.db import Database
-from modelhost.store.tables import ApiToken
-
-log = logging.getLogger(__name__)
+from modelhost.store.tables import ApiToken, Base
+from modelhost.store.write_behind import WriteBehind
 
 TOUCH_EVERY_S = 60.0
 # Past this many remembered tokens, notes older than `every_s` are dropped (they no longer
 # throttle anything: the stored value does).
 _PRUNE_AT = 1024
+
+# A Core statement (not the ORM's bulk update): no ORM events, so the directory's revision
+# watch (`store.revision`) does not take it for a change it covers; the database's triggers
+# ignore `last_used_at` too.
+_TOKENS = Base.metadata.tables[ApiToken.__tablename__]
+_TOUCH = (
+    _TOKENS.update()
+    .where(_TOKENS.c.id == bindparam("token_id"))
+    .values(last_used_at=bindparam("at"))
+)
 
 
 def _aware(dt: datetime) -> datetime:
@@ -39,15 +49,16 @@ class TokenUsage:
         *,
         every_s: float = TOUCH_EVERY_S,
         clock: Callable[[], datetime] = utcnow,
+        retry_s: float = 1.0,
     ) -> None:
         self._db = db
         self._every = timedelta(seconds=every_s)
         self._clock = clock
         self._lock = threading.Lock()
         self._queued: dict[str, datetime] = {}
-        self._queue: queue.SimpleQueue[tuple[str, datetime] | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._closed = False
+        self.writes: WriteBehind[str, datetime] = WriteBehind(
+            "token-usage", self._write, merge=max, retry_s=retry_s
+        )
 
     def due(self, token_id: str, stored: datetime | None, now: datetime) -> bool:
         """Whether a use at `now` should be written, given the stored `last_used_at`."""
@@ -61,31 +72,21 @@ class TokenUsage:
         if not self.due(token_id, stored, now):
             return
         with self._lock:
-            if self._closed:
-                return
             if len(self._queued) >= _PRUNE_AT:
                 self._queued = {k: at for k, at in self._queued.items() if now - at < self._every}
             self._queued[token_id] = now
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="token-usage", daemon=True)
-                self._thread.start()
-        self._queue.put((token_id, now))
+        self.writes.put(token_id, now)
 
-    def close(self, timeout_s: float = 5.0) -> None:
-        """Write what is queued (bounded by `timeout_s`), then stop the thread."""
-        with self._lock:
-            self._closed = True
-            thread = self._thread
-        if thread is not None:
-            self._queue.put(None)
-            thread.join(timeout_s)
+    def flush(self, timeout_s: float = 5.0) -> bool:
+        """Wait until what is queued is written (tests, and callers that must read it back)."""
+        return self.writes.flush(timeout_s)
 
-    def _run(self) -> None:
-        while (item := self._queue.get()) is not None:
-            token_id, at = item
-            try:
-                with self._db.session() as s:
-                    row = update(ApiToken).where(ApiToken.id == token_id)
-                    s.execute(row.values(last_used_at=at))
-            except Exception as exc:  # bookkeeping only: never worth more than a warning
-                log.warning("could not record the use of token %s: %s", token_id, exc)
+    def close(self, timeout_s: float = 5.0) -> bool:
+        """Write what is queued (bounded by `timeout_s`), then stop; True when all was."""
+        return self.writes.close(timeout_s)
+
+    def _write(self, batch: Mapping[str, datetime]) -> None:
+        with self._db.session() as s:
+            s.connection().execute(
+                _TOUCH, [{"token_id": token_id, "at": at} for token_id, at in batch.items()]
+            )

@@ -13,13 +13,14 @@ from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from modelhost.errors import ModelhostError
+from modelhost.errors import Kind, ServiceError
 from modelhost.security.auth_throttle import AuthThrottle
 
 
-class AuthThrottled(ModelhostError):
-    status_code = 429
-    error_type = "rate_limit_error"
+class AuthThrottled(ServiceError):
+    """Too many failed authentications from the caller's address."""
+
+    kind = Kind.BUSY
     code = "auth_throttled"
 
 

@@ -15,7 +15,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelhost.errors import PayloadTooLarge
-from modelhost.web.errors import error_response
+from modelhost.web.errors import render_for_path
 
 
 class BodyLimitMiddleware:
@@ -50,7 +50,7 @@ class BodyLimitMiddleware:
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         exc = PayloadTooLarge(f"request body over {self.limit} bytes")
-        await error_response(exc)(scope, receive, send)
+        await render_for_path(scope["path"], exc)(scope, receive, send)
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
