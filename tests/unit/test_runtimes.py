@@ -40,7 +40,8 @@ def test_resolve() -> None:
     assert resolve("auto").name == "builtin"
     assert resolve("builtin").name == "builtin"
     assert resolve("simulator").name == "simulator"
-    with pytest.raises(UnknownEngine, match="known engines: auto, builtin, simulator"):
+    assert resolve("vllm").name == "vllm"
+    with pytest.raises(UnknownEngine, match="known engines: auto, builtin, simulator, vllm"):
         resolve("vllm-nightly")
 
 

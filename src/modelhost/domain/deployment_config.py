@@ -53,6 +53,9 @@ class DeploymentConfig:
     # Adapters loaded at replica start (`<username>/<name>`, or bare names of the owner's).
     preloaded_adapters: tuple[str, ...] = ()
     max_active_adapters: int = DEFAULT_MAX_ACTIVE_ADAPTERS
+    # The weights' quantization method for engines that serve quantized weights (vLLM's names:
+    # awq, gptq, fp8, ...); None: whatever the weights are.
+    quantization: str | None = None
 
     def quota_item(self, max_instances: int) -> QuotaItem:
         """What this deployment reserves of its owner's GPU quota at `max_instances`."""
@@ -71,6 +74,7 @@ class DeploymentConfig:
             weights=_weights_from_json(raw.get("weights") or {}),
             preloaded_adapters=tuple(str(n) for n in raw.get("preloaded_adapters", ())),
             max_active_adapters=int(raw.get("max_active_adapters", DEFAULT_MAX_ACTIVE_ADAPTERS)),
+            quantization=str(quant) if (quant := raw.get("quantization")) is not None else None,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -84,6 +88,7 @@ class DeploymentConfig:
             "weights": weights_to_json(self.weights),
             "preloaded_adapters": list(self.preloaded_adapters),
             "max_active_adapters": self.max_active_adapters,
+            "quantization": self.quantization,
         }
 
 

@@ -8,7 +8,10 @@ from dataclasses import dataclass
 
 MODEL_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
-ENGINES = ("auto", "builtin", "simulator")
+ENGINES = ("auto", "builtin", "simulator", "vllm")
+# Engines that serve quantized weights (`quantization`); the method names are vLLM's.
+QUANTIZATION_ENGINES = ("vllm",)
+QUANTIZATION_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 CPU = "CPU"
 MAX_NUM_GPUS = 8
 MAX_BATCH_SIZE = 256
@@ -23,12 +26,32 @@ MAX_PRELOADED_ADAPTERS = 1024
 MAX_GPU_LIMIT = 1024
 
 
-def resolve_engine(engine: str, has_weights: bool) -> str:
-    """The engine a replica actually runs. `auto` picks the built-in engine, which runs on any
-    machine (vLLM on real GPUs is a later addition)."""
+def resolve_engine(
+    engine: str, has_weights: bool, *, real_gpu: bool = False, vllm_installed: bool = False
+) -> str:
+    """The engine a replica actually runs. `auto` picks vLLM for replicas on real NVIDIA GPUs
+    when vLLM is installed, else the built-in engine, which runs on any machine."""
     if engine == "auto":
-        return "builtin"
+        return "vllm" if has_weights and real_gpu and vllm_installed else "builtin"
     return engine
+
+
+def quantization_error(engine: str, quantization: str | None) -> str | None:
+    """Why `quantization` cannot be asked of `engine` (a requested engine, `auto` included,
+    already resolved by the caller when it can be), else None."""
+    if quantization is None:
+        return None
+    if not QUANTIZATION_RE.match(quantization):
+        return (
+            f"quantization {quantization!r} is not a method name (lowercase letters, digits, "
+            "'_' and '-', e.g. awq, gptq, fp8)"
+        )
+    if engine not in QUANTIZATION_ENGINES:
+        return (
+            f"quantization needs engine vllm (this deployment runs the {engine} engine, which "
+            "serves unquantized weights); set engine to vllm or drop quantization"
+        )
+    return None
 
 
 @dataclass(frozen=True)

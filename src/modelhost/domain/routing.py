@@ -14,3 +14,6 @@ class ReplicaEndpoint:
     generation: int
     # How many LoRA adapters the replica keeps resident (its LRU size).
     max_active_adapters: int = 64
+    # The engine the replica runs (a runtime name): the gateway speaks to each in its own way
+    # (LoRAX routes translated for engines without them, adapters loaded at run time on vLLM).
+    engine: str = "builtin"

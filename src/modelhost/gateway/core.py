@@ -13,6 +13,7 @@ from prometheus_client.registry import Collector
 
 from modelhost.config import Settings
 from modelhost.domain.routing import ReplicaEndpoint
+from modelhost.gateway.adapter_residency import ReplicaAdmin
 from modelhost.gateway.drain import Drain
 from modelhost.gateway.pool import DeploymentPool, PoolLimits
 from modelhost.gateway.proxy import ForwardResult
@@ -45,6 +46,11 @@ class Gateway:
         self.upstream = UpstreamClient(settings.request_timeout_s)
         # Everything else (LoRAX /info): rare, not worth a second code path.
         self.client = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=5.0))
+        # Adapter loads on engines that do not load them themselves (vLLM); the folders are
+        # where the control plane writes them (adapters/files.py `adapters_root`).
+        self.admin = ReplicaAdmin(
+            self.client, settings.data_dir / "adapters", settings.request_timeout_s
+        )
         self.requests = Counter(
             "modelhost_requests",
             "Inference requests by deployment and HTTP status",

@@ -12,12 +12,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from modelhost.domain.routing import ReplicaEndpoint
 from modelhost.errors import QueueFull, Unavailable
+
+# Engines whose adapters the gateway loads and unloads through the engine's API (vLLM), rather
+# than naming them in `x-adapter-id` for the engine to load itself (adapter_residency.py).
+GATEWAY_LOADED_ADAPTERS = frozenset({"vllm"})
 
 
 @dataclass
@@ -29,13 +33,31 @@ class _Slot:
     # reconciler may list a dead replica for a pass or two before it notices).
     retry_at: float = 0.0
     # The adapters this replica most likely holds: the last ones sent to it, in LRU order,
-    # mirroring the engine's own LRU of max_active_adapters.
+    # mirroring the engine's own LRU of max_active_adapters. On engines whose adapters the
+    # gateway loads (GATEWAY_LOADED_ADAPTERS), exactly the ones it loaded there, in LRU order;
+    # adapter_residency.py adds and evicts them.
     adapters: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    # Gateway-loaded adapters only: loads and unloads in flight, and how many requests hold
+    # each adapter (one that is in use is never unloaded).
+    loads: dict[str, asyncio.Future[None]] = field(default_factory=dict)
+    unloads: dict[str, asyncio.Future[None]] = field(default_factory=dict)
+    adapter_users: Counter[str] = field(default_factory=Counter)
+    # The replica's context length, once asked (engines without LoRAX routes of their own).
+    context_length: int | None = None
+
+    @property
+    def gateway_loads_adapters(self) -> bool:
+        return self.endpoint.engine in GATEWAY_LOADED_ADAPTERS
 
     def holds(self, adapter_id: str) -> bool:
-        return adapter_id in self.adapters
+        return adapter_id in self.adapters or adapter_id in self.loads
 
     def touch(self, adapter_id: str) -> None:
+        if self.gateway_loads_adapters:
+            # Residency follows the loads and unloads themselves; only the recency moves.
+            if adapter_id in self.adapters:
+                self.adapters.move_to_end(adapter_id)
+            return
         self.adapters[adapter_id] = None
         self.adapters.move_to_end(adapter_id)
         while len(self.adapters) > self.endpoint.max_active_adapters:
@@ -51,6 +73,8 @@ class Lease:
     queued_s: float
     cold: bool
     released: bool = False
+    # The adapter this request holds on the replica (gateway-loaded adapters), until release.
+    pinned: str | None = None
 
 
 @dataclass
@@ -217,11 +241,22 @@ class DeploymentPool:
             retry_after=5,
         )
 
+    def pin(self, lease: Lease, adapter_id: str) -> None:
+        """The request holds `adapter_id` on its replica until released: it is not unloaded."""
+        if lease.pinned is None:
+            lease.pinned = adapter_id
+            lease.slot.adapter_users[adapter_id] += 1
+
     def release(self, lease: Lease) -> None:
         if lease.released:
             return
         lease.released = True
         lease.slot.outstanding -= 1
+        if lease.pinned is not None:
+            users = lease.slot.adapter_users
+            users[lease.pinned] -= 1
+            if users[lease.pinned] <= 0:
+                del users[lease.pinned]
         self._dispatch()
 
     def _dispatch(self) -> None:

@@ -5,6 +5,10 @@ down), or whose replica closed the connection before answering, is tried again, 
 replica or, while none is routable, held like a cold start for the replacement; both bounded.
 A client that goes away cancels the upstream request, which frees the sequence's slot in the
 engine, and gives back the gateway's slot, whatever point the request had reached.
+
+What is sent depends on the replica admission chose (a rolling update may mix engines): to an
+engine without LoRAX routes or adapter loading of its own (vLLM), a LoRAX request is translated
+(lorax_bridge.py) and an adapter is made resident first (adapter_residency.py).
 """
 
 from __future__ import annotations
@@ -22,8 +26,10 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from modelhost.errors import Unavailable, UpstreamFailed, UpstreamTimeout
+from modelhost.gateway import lorax_bridge as bridge
+from modelhost.gateway.adapter_residency import ReplicaAdmin
 from modelhost.gateway.drain import Drain
-from modelhost.gateway.pool import DeploymentPool, Lease
+from modelhost.gateway.pool import GATEWAY_LOADED_ADAPTERS, DeploymentPool, Lease
 from modelhost.gateway.stream import ProxiedStream
 from modelhost.gateway.upstream import UpstreamClient, UpstreamResponse
 from modelhost.web.errors import Shape
@@ -40,6 +46,8 @@ CLOSED_ATTEMPTS = 2
 # How long a replica that failed a connection gets no new work (see DeploymentPool).
 UNROUTABLE_S = 1.0
 RETRY_AFTER_S = 5
+# Engines whose requests the gateway rewrites per replica (see _exchange).
+_TRANSLATED = GATEWAY_LOADED_ADAPTERS | bridge.ENGINES_WITHOUT_LORAX
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,24 @@ class Upstream:
     stream: bool
     adapter_id: str | None = None
     adapter_name: str | None = None
+    # For replicas whose engine needs the request in another form (lorax_bridge): the LoRAX
+    # request to translate, or the OpenAI request's body to send with the adapter's lora name.
+    lorax: bridge.LoraxCall | None = None
+    openai: dict[str, Any] | None = None
+
+
+@dataclass
+class Exchange:
+    """What one attempt sends to the replica it got, and how the answer comes back."""
+
+    path: str
+    body: bytes
+    headers: dict[str, str]
+    # Rewrites a streamed answer (None: passed through as it is).
+    stream: bridge.StreamTransform | None = None
+    # Rewrites a whole answer: (status, body) -> (status, body).
+    whole: Callable[[int, bytes], tuple[int, bytes]] | None = None
+    media_type: str | None = None
 
 
 @dataclass
@@ -112,12 +138,48 @@ def _abandon(
     task.add_done_callback(reap)
 
 
-async def _discard(pool: DeploymentPool, opened: tuple[Lease, UpstreamResponse]) -> None:
-    lease, upstream = opened
+async def _discard(pool: DeploymentPool, opened: tuple[Lease, Exchange, UpstreamResponse]) -> None:
+    lease, _, upstream = opened
     try:
         await upstream.aclose()
     finally:
         pool.release(lease)
+
+
+async def _exchange(
+    up: Upstream, plain: Exchange, pool: DeploymentPool, lease: Lease, admin: ReplicaAdmin
+) -> Exchange:
+    """What to send to a replica whose engine lacks LoRAX's routes or loads adapters only
+    through the gateway: the adapter made resident there first, and the request in a form the
+    engine serves (`plain` when it needs no change)."""
+    slot = lease.slot
+    if up.adapter_id and slot.gateway_loads_adapters:
+        await admin.ensure(pool, lease, up.adapter_id, up.adapter_name)
+    lora_name = up.adapter_id or None
+    headers = plain.headers
+    if up.lorax is not None and not bridge.speaks_lorax(lease.endpoint.engine):
+        call = up.lorax
+        context = await admin.context_length(slot) if call.needs_context_length else None
+        body = bridge.to_completion(call, lora_name, context)
+        return Exchange(
+            bridge.COMPLETIONS_PATH,
+            bridge.compact_json(body).encode(),
+            headers,
+            stream=bridge.LoraxStream(call) if call.stream else None,
+            whole=partial(bridge.lorax_answer, call),
+            media_type="application/json",
+        )
+    if lora_name is not None and up.openai is not None and slot.gateway_loads_adapters:
+        body = {**up.openai, "model": lora_name}
+        name = up.adapter_name or lora_name
+        return Exchange(
+            up.path,
+            bridge.compact_json(body).encode(),
+            headers,
+            stream=bridge.RenameModelStream(lora_name, name),
+            whole=lambda status, data: (status, bridge.rename_model(data, lora_name, name)),
+        )
+    return plain
 
 
 async def _connect(
@@ -126,16 +188,21 @@ async def _connect(
     up: Upstream,
     headers: dict[str, str],
     timeout_s: float,
-) -> tuple[Lease, UpstreamResponse]:
+    admin: ReplicaAdmin | None = None,
+) -> tuple[Lease, Exchange, UpstreamResponse]:
     """Acquire a replica and open the upstream request (for a non-streaming request the
     engine answers whole, so this lasts the whole generation)."""
+    plain = Exchange(up.path, up.body, headers)
     refused = closed = 0
     deadline: float | None = None
     while True:
         lease = await pool.acquire(up.adapter_id, deadline)
         replica = lease.endpoint.replica_id
         try:
-            return lease, await client.post(lease.endpoint.url, up.path, up.body, headers)
+            ex = plain
+            if admin is not None and lease.endpoint.engine in _TRANSLATED:
+                ex = await _exchange(up, plain, pool, lease, admin)
+            return lease, ex, await client.post(lease.endpoint.url, ex.path, ex.body, ex.headers)
         except (httpx.ConnectError, httpx.ConnectTimeout):
             refused += 1
             what = "refused the connection"
@@ -177,14 +244,15 @@ async def forward(
     timeout_s: float,
     drain: Drain,
     on_done: Callable[[ForwardResult], None],
+    admin: ReplicaAdmin | None = None,
 ) -> Response:
     started = time.monotonic()
     result = ForwardResult()
     headers = {"content-type": "application/json"}
     if up.adapter_id:
         headers["x-adapter-id"] = up.adapter_id
-    lease, upstream = await until_disconnect(
-        request, _connect(client, pool, up, headers, timeout_s), partial(_discard, pool)
+    lease, ex, upstream = await until_disconnect(
+        request, _connect(client, pool, up, headers, timeout_s, admin), partial(_discard, pool)
     )
     result.cold, result.queued_s = lease.cold, lease.queued_s
     result.replica_id = lease.endpoint.replica_id
@@ -213,6 +281,7 @@ async def forward(
             on_first_byte=first_byte,
             on_end=end,
             headers={**extra, "cache-control": "no-cache", "x-accel-buffering": "no"},
+            transform=ex.stream,
         )
     try:
         data = await until_disconnect(request, asyncio.wait_for(upstream.aread(), timeout_s))
@@ -230,9 +299,12 @@ async def forward(
             result.status = upstream.status_code
             result.first_byte_s = time.monotonic() - started
             on_done(result)
+    status = upstream.status_code
+    if ex.whole is not None:
+        status, data = ex.whole(status, data)
     return Response(
         data,
-        status_code=upstream.status_code,
-        media_type=upstream.headers.get("content-type", "application/json"),
+        status_code=status,
+        media_type=ex.media_type or upstream.headers.get("content-type", "application/json"),
         headers=extra,
     )

@@ -29,6 +29,7 @@ from modelhost.errors import (
 from modelhost.gateway.context import GatewayServices
 from modelhost.gateway.core import Gateway
 from modelhost.gateway.drain import shutting_down
+from modelhost.gateway.lorax_bridge import is_lorax_path, lorax_call
 from modelhost.gateway.proxy import ClientGone, Upstream, forward
 from modelhost.gateway.resolve import (
     Target,
@@ -139,12 +140,16 @@ async def _proxy(
         encoded = json.dumps(body).encode()
     except RecursionError:
         raise InvalidRequest("the request body is nested too deeply") from None
+    # The parsed request goes along too: a replica whose engine has no LoRAX routes, or loads
+    # adapters only through the gateway (vLLM), gets it translated (see proxy.py).
     up = Upstream(
         path=path,
         body=encoded,
         stream=stream,
         adapter_id=target.adapter_id,
         adapter_name=target.adapter_name,
+        lorax=lorax_call(path, body) if is_lorax_path(path) else None,
+        openai=None if is_lorax_path(path) else body,
     )
     return await forward(
         request,
@@ -155,6 +160,7 @@ async def _proxy(
         gateway.settings.request_timeout_s,
         gateway.drain,
         lambda result: gateway.record(target, result),
+        gateway.admin,
     )
 
 

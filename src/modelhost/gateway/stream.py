@@ -20,6 +20,7 @@ from starlette.types import Receive, Scope, Send
 
 from modelhost.errors import UpstreamFailed
 from modelhost.gateway.drain import Drain, shutting_down
+from modelhost.gateway.lorax_bridge import StreamTransform
 from modelhost.gateway.upstream import UpstreamResponse
 from modelhost.web.errors import Shape, sse_error
 
@@ -38,6 +39,7 @@ class ProxiedStream(Response):
         on_first_byte: Callable[[float], None],
         on_end: Callable[[int], None],
         headers: Mapping[str, str],
+        transform: StreamTransform | None = None,
     ) -> None:
         self.status_code = 200
         self.background = None
@@ -49,6 +51,8 @@ class ProxiedStream(Response):
         self._started = started
         self._on_first_byte = on_first_byte
         self._on_end = on_end  # releases the lease and records the request; called once
+        # Rewrites the replica's events (an engine answering in another API's shape).
+        self._transform = transform
         self._status = 200
         self._task: asyncio.Task[Any] | None = None
         self._gone = False  # the client went away
@@ -78,12 +82,17 @@ class ProxiedStream(Response):
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             first = True
+            transform = self._transform
             async for chunk in self._upstream.aiter_raw():
+                if transform is not None:
+                    chunk = transform.feed(chunk)
+                    if not chunk:
+                        continue
                 if first:
                     first = False
                     self._on_first_byte(time.monotonic() - self._started)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            tail = b""
+            tail = b"" if transform is None else transform.end()
         except asyncio.CancelledError:
             if not self._only_ours():
                 raise

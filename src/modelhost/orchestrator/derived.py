@@ -66,13 +66,15 @@ def routing_table(
     deployments: Sequence[StoredDeployment], observed: Sequence[ReplicaObservation]
 ) -> dict[str, list[ReplicaEndpoint]]:
     """The ready replicas of every listed deployment, with the limits the gateway routes by."""
-    limits = {d.deploy_id: (d.max_batch_size, d.max_active_adapters) for d in deployments}
+    limits = {d.deploy_id: (d.max_batch_size, d.max_active_adapters, d.engine) for d in deployments}
     table: dict[str, list[ReplicaEndpoint]] = {}
     for o in observed:
         if o.state != ReplicaState.READY or o.base_url is None or o.deploy_id not in limits:
             continue
-        batch, adapters = limits[o.deploy_id]
+        batch, adapters, engine = limits[o.deploy_id]
         table.setdefault(o.deploy_id, []).append(
-            ReplicaEndpoint(o.replica_id, o.deploy_id, o.base_url, batch, o.generation, adapters)
+            ReplicaEndpoint(
+                o.replica_id, o.deploy_id, o.base_url, batch, o.generation, adapters, engine
+            )
         )
     return table

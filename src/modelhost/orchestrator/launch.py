@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from pathlib import Path
 
 from sqlalchemy.orm import Session
 
+from modelhost.config import find_vllm_python
 from modelhost.config.catalog import CatalogModel
 from modelhost.domain.deployment_config import CatalogWeights, HfWeights, LocalWeights
 from modelhost.domain.deployments import resolve_engine
@@ -35,7 +37,13 @@ def launch_spec(
     secrets: SecretBox,
     adapter_dir: str,
     preload_ids: Sequence[str] = (),
+    *,
+    real_gpu_types: Collection[str] = (),
+    vllm_python: Path | str | None = None,
 ) -> LaunchSpec:
+    """What a replica of `dep` runs. `auto` becomes vLLM on `real_gpu_types` (the server's real
+    NVIDIA GPU types) when vLLM is installed: `vllm_python` (the `vllm_python` setting), or else
+    what `config.find_vllm_python` finds (MODELHOST_VLLM_PYTHON, .venv-vllm, this interpreter)."""
     config = config_of(dep)
     weights = config.weights
     local = hf_repo = hf_revision = None
@@ -52,8 +60,21 @@ def launch_spec(
         token = secrets.decrypt(dep.hf_token_enc)
         if token:
             secret_env["HF_TOKEN"] = token
+    wants_vllm = config.engine in ("auto", "vllm")
+    vllm = vllm_python or (find_vllm_python() if wants_vllm else None)
+    engine = resolve_engine(
+        config.engine,
+        weights is not None,
+        real_gpu=config.gpu in real_gpu_types,
+        vllm_installed=vllm is not None,
+    )
+    # Flags only the vllm launcher reads (modelhost.engine.vllm_launch).
+    vllm_args: tuple[str, ...] = ()
+    if engine == "vllm" and vllm is not None:
+        vllm_args = ("--vllm-python", str(vllm))
+    quantization = ("--quantization", config.quantization) if config.quantization else ()
     return LaunchSpec(
-        engine=resolve_engine(config.engine, weights is not None),
+        engine=engine,
         served_model_name=f"{owner}/{dep.model_name}",
         max_batch_size=config.max_batch_size,
         weights_local=local,
@@ -65,6 +86,8 @@ def launch_spec(
             "--max-active-adapters",
             str(config.max_active_adapters),
             *(arg for adapter_id in preload_ids for arg in ("--preload-adapter", adapter_id)),
+            *vllm_args,
+            *quantization,
             *config.engine_args,
         ),
         secret_env=secret_env,

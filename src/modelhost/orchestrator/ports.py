@@ -71,6 +71,8 @@ class StoredDeployment:
     # Per-replica limits the gateway routes by.
     max_batch_size: int
     max_active_adapters: int
+    # The runtime its replicas run (the resolved `engine`).
+    engine: str = "builtin"
     # Built only for deployments that should run (decrypting secrets for the others is waste).
     launch: LaunchSpec | None = None
 

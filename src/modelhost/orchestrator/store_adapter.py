@@ -38,6 +38,10 @@ class SqlDesiredState:
     # Called after a commit that changed deployments' status, instances or pending reason, with
     # their ids (on the store thread): the hook for in-memory views of deployments to refresh.
     on_status_change: Callable[[Sequence[str]], None] = field(default=_no_one)
+    # For `engine: auto`: the server's real NVIDIA GPU types (vLLM runs there when installed)
+    # and the interpreter with vLLM (the `vllm_python` setting; None: not installed).
+    real_gpu_types: frozenset[str] = frozenset()
+    vllm_python: str | None = None
 
     def record_replicas(self, observed: Sequence[ReplicaObservation]) -> None:
         with self.db.session() as s:
@@ -73,8 +77,10 @@ class SqlDesiredState:
             self.secrets,
             self.adapter_dir,
             preloaded_adapter_ids(s, dep),
+            real_gpu_types=self.real_gpu_types,
+            vllm_python=self.vllm_python,
         )
-        return replace(stored, launch=launch)
+        return replace(stored, launch=launch, engine=launch.engine)
 
     def record_start(self, action: StartReplica, record: ReplicaRecord | None) -> None:
         with self.db.session() as s:

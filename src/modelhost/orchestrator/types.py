@@ -45,6 +45,7 @@ class ReplicaObservation:
     fail_reason: str | None = None
     running: int | None = None
     waiting: int | None = None
+    kv_cache_usage: float | None = None  # 0..1, where the engine reports it (vLLM)
     log_path: str | None = None
 
     @property

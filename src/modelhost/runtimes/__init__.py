@@ -5,8 +5,9 @@ from __future__ import annotations
 from modelhost.runtimes.base import Runtime, RuntimeConfigError
 from modelhost.runtimes.builtin import BuiltinRuntime
 from modelhost.runtimes.simulator import SimulatorRuntime
+from modelhost.runtimes.vllm import VllmRuntime
 
-ENGINES = ("auto", "builtin", "simulator")
+ENGINES = ("auto", "builtin", "simulator", "vllm")
 
 
 class UnknownEngine(ValueError):
@@ -16,12 +17,15 @@ class UnknownEngine(ValueError):
 
 
 def resolve(engine: str) -> Runtime:
-    """The runtime for a deployment's `engine`. `auto` is the builtin engine (vLLM on real
-    GPUs once that runtime exists). Store `resolve(engine).name` in the LaunchSpec."""
+    """The runtime for a resolved engine name (`LaunchSpec.engine`). `auto` is resolved before
+    (`domain.deployments.resolve_engine`: vLLM on real GPUs when installed); here it means the
+    builtin engine, which runs anywhere."""
     if engine in ("auto", "builtin"):
         return BuiltinRuntime()
     if engine == "simulator":
         return SimulatorRuntime()
+    if engine == "vllm":
+        return VllmRuntime()
     raise UnknownEngine(engine)
 
 
@@ -32,5 +36,6 @@ __all__ = [
     "RuntimeConfigError",
     "SimulatorRuntime",
     "UnknownEngine",
+    "VllmRuntime",
     "resolve",
 ]

@@ -20,6 +20,7 @@ from modelhost.gateway.core import Gateway
 from modelhost.orchestrator.backends.base import Backend
 from modelhost.orchestrator.ports import SystemClock
 from modelhost.orchestrator.reconciler import Reconciler
+from modelhost.orchestrator.replica_metrics import ReplicaCollector
 from modelhost.orchestrator.store_adapter import SqlDesiredState
 from modelhost.orchestrator.types import RestartPolicy
 from modelhost.serve.autoscale_glue import AutoscaleGlue, monotonic_now
@@ -66,6 +67,9 @@ class ControlLoops:
             "modelhost_loop_errors", "Failed passes of a control loop", ["loop"], registry=registry
         )
         self.reconciler: Reconciler | None = None
+        registry.register(
+            ReplicaCollector(lambda: self.reconciler.last_observed if self.reconciler else [])
+        )
 
     def attach_gateway(self, gateway: Gateway) -> None:
         services, s = self.services, self.services.settings
@@ -78,6 +82,10 @@ class ControlLoops:
                 services.catalog,
                 services.secrets,
                 adapter_dir=str(adapters_root(s.data_dir)),
+                real_gpu_types=frozenset(
+                    t for t, _ in services.inventory.types() if not services.inventory.is_virtual(t)
+                ),
+                vllm_python=str(s.vllm_python) if s.vllm_python else None,
             ),
             inventory=services.inventory,
             clock=SystemClock(),

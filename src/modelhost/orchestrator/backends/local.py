@@ -33,6 +33,7 @@ from modelhost.orchestrator.backends.base import (
     ReplicaRecord,
     ReplicaStartSpec,
 )
+from modelhost.orchestrator.backends.engine_stats import EngineStats, parse_stats
 from modelhost.orchestrator.backends.local_process import (
     BACKEND_LINE_PREFIX,
     child_env,
@@ -42,7 +43,7 @@ from modelhost.orchestrator.backends.local_process import (
     reap,
     signal_group,
 )
-from modelhost.orchestrator.backends.local_replica import HEALTH_PATH, LocalReplica
+from modelhost.orchestrator.backends.local_replica import HEALTH_PATH, STATS_PATH, LocalReplica
 from modelhost.orchestrator.inventory import Inventory
 from modelhost.orchestrator.types import ReplicaObservation
 from modelhost.runtimes import Runtime, resolve
@@ -375,17 +376,16 @@ class LocalBackend:
                     log.info("replica %s is ready on port %s", r.replica_id, r.port)
 
     async def _probe_stats(self, client: httpx.AsyncClient, r: LocalReplica) -> None:
+        path = r.stats_path or STATS_PATH
         try:
-            resp = await client.get(f"http://127.0.0.1:{r.port}{r.stats_path}")
-            data = resp.json() if resp.status_code == 200 else None
-        except (httpx.HTTPError, ValueError):
-            data = None
-        running = data.get("running") if isinstance(data, dict) else None
-        waiting = data.get("waiting") if isinstance(data, dict) else None
+            resp = await client.get(f"http://127.0.0.1:{r.port}{path}")
+            stats = parse_stats(path, resp.text) if resp.status_code == 200 else EngineStats()
+        except httpx.HTTPError:
+            stats = EngineStats()
         with self._lock:
             if r.state == ReplicaState.READY:
-                r.running = running if isinstance(running, int) else None
-                r.waiting = waiting if isinstance(waiting, int) else None
+                r.running, r.waiting = stats.running, stats.waiting
+                r.kv_cache_usage = stats.kv_cache_usage
 
     async def _health_statuses(self, ports: list[int]) -> list[int | None]:
         async with httpx.AsyncClient(timeout=self._probe_timeout, trust_env=False) as client:

@@ -8,9 +8,10 @@ and exit status into a reason a user can act on.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from modelhost.engine.args import FATAL_PREFIX
@@ -123,6 +124,106 @@ def fatal_line(lines: list[str]) -> str | None:
     return None
 
 
+def _kv_cache_too_small(m: re.Match[str]) -> str:
+    fits = re.search(r"estimated maximum model length is (\d+)", m.string)
+    hint = f"--context-length {fits.group(1)} or less" if fits else "a smaller --context-length"
+    return (
+        f"out of memory for the KV cache: one request at the model's full context "
+        f"({m.group(1)} tokens) needs {m.group(2)} GiB of KV cache, {m.group(3)} GiB is "
+        f"available; set {hint} in engine_args, or give the replica more memory (more or "
+        "larger GPUs, a quantized model, --kv-cache-gb on CPUs)"
+    )
+
+
+# vLLM's fatal errors (it prints a traceback and exits; the launcher cannot catch them after
+# its exec), each as a reason a user can act on. Searched newest line first; vLLM logs the root
+# cause above its closing "Engine core initialization failed" line.
+_ENGINE_ERRORS: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str]], ...] = (
+    (
+        re.compile(
+            r"max seq len \((\d+)\), \(([\d.]+) GiB KV cache is needed, which is larger "
+            r"than the available KV cache memory \(([\d.]+) GiB\)"
+        ),
+        _kv_cache_too_small,
+    ),
+    (
+        re.compile(r"No available memory for the cache blocks"),
+        lambda m: (
+            "out of memory: nothing is left for the KV cache once the weights are loaded; use "
+            "more or larger GPUs (num_gpus, gpu), a quantized model (quantization), or on CPUs "
+            "a larger --kv-cache-gb"
+        ),
+    ),
+    (
+        re.compile(r"(?:CUDA out of memory|OutOfMemoryError)(.*)"),
+        lambda m: (
+            "out of GPU memory: the model does not fit on this replica's GPUs; use more GPUs "
+            "(num_gpus), a GPU type with more memory, a quantized model (quantization) or a "
+            "smaller --context-length"
+        ),
+    ),
+    (
+        re.compile(r"Free memory on device (\S+) \(([\d./]+) GiB\) on startup is less than"),
+        lambda m: (
+            f"the GPU {m.group(1)} has only {m.group(2)} GiB free: another process is using "
+            "it; free it, or lower --gpu-memory-utilization in engine_args"
+        ),
+    ),
+    (
+        re.compile(r"Model architectures? (\[[^\]]*\]|\S+) (?:are|is) not supported"),
+        lambda m: (
+            f"vLLM does not support this model's architecture {m.group(1)}; use a model "
+            "vLLM lists as supported, or engine builtin (Llama-family models)"
+        ),
+    ),
+    (
+        re.compile(r"(Unknown quantization method: .*|Quantization method specified in the .*)"),
+        lambda m: f"the quantization does not fit the weights: {m.group(1).strip()}",
+    ),
+    (
+        re.compile(
+            r"User-specified max_model_len \((\d+)\) is greater than the derived "
+            r"max_model_len \((?:max_position_embeddings=)?([\d.]+)"
+        ),
+        lambda m: (
+            f"--context-length {m.group(1)} exceeds the model's maximum of "
+            f"{int(float(m.group(2)))} tokens; set --context-length {int(float(m.group(2)))} "
+            "or less in engine_args"
+        ),
+    ),
+    (
+        re.compile(r"^\S*api_server\.py: error: (.+)$"),
+        lambda m: f"vLLM refused its command line: {m.group(1).strip()}",
+    ),
+    (
+        re.compile(r"(?:Repository Not Found|RepositoryNotFoundError|GatedRepoError)"),
+        lambda m: (
+            "the Hugging Face repo was not found or needs access: check hf.repo and "
+            "hf.revision, and give a token (hf.token) that may read it"
+        ),
+    ),
+    (
+        # vLLM validates its config with pydantic: the message of any other refused setting.
+        re.compile(r"^\s*Value error, (.+?)(?: \[type=\w+.*)?$"),
+        lambda m: f"vLLM refused the configuration: {m.group(1).strip()}",
+    ),
+)
+
+
+def engine_error(lines: list[str]) -> str | None:
+    """A known fatal error of a third-party engine (vLLM) in the log tail, in words a user can
+    act on, or None."""
+    for line in reversed(lines):
+        if line.startswith(BACKEND_LINE_PREFIX):
+            continue
+        for pattern, describe in _ENGINE_ERRORS:
+            m = pattern.search(line)
+            if m:
+                reason = describe(m)
+                return reason if len(reason) <= 2 * _MAX_REASON_LINE else reason[:600] + "..."
+    return None
+
+
 def last_output_line(lines: list[str]) -> str | None:
     for line in reversed(lines):
         text = line.strip()
@@ -143,8 +244,9 @@ def describe_exit(code: int | None) -> str:
 
 
 def exit_reason(lines: list[str], code: int | None, was_ready: bool) -> str:
-    """Why a replica ended: the engine's fatal line verbatim, else what we know about it."""
-    fatal = fatal_line(lines)
+    """Why a replica ended: the engine's fatal line verbatim, else a known fatal error of a
+    third-party engine, else what we know about it."""
+    fatal = fatal_line(lines) or engine_error(lines)
     if fatal:
         return fatal
     phase = "crashed" if was_ready else "exited before becoming ready"

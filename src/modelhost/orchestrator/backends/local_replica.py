@@ -44,6 +44,7 @@ class LocalReplica:
     fail_reason: str | None = None
     running: int | None = None
     waiting: int | None = None
+    kv_cache_usage: float | None = None
     # Set once drain/stop was asked for: the exit that follows is a stop, not a failure.
     exit_requested: bool = False
     # Why the backend killed it itself (start-up timeout); reported as the fail reason.
@@ -69,6 +70,7 @@ class LocalReplica:
             fail_reason=self.fail_reason,
             running=self.running,
             waiting=self.waiting,
+            kv_cache_usage=self.kv_cache_usage,
             log_path=self.log_path,
         )
 
