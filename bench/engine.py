@@ -242,6 +242,12 @@ async def main() -> None:
     parser.add_argument("--vllm-python", default="/work/vllm-venv/bin/python")
     parser.add_argument("--vllm-args", default="", help="extra flags for vLLM's server")
     parser.add_argument(
+        "--vllm-direct-args",
+        default="",
+        help="extra flags for the direct vllm peer only (e.g. the LoRA flags the vllm runtime "
+        "sets: --enable-lora --max-loras 64 --max-lora-rank 16 --max-num-seqs 64)",
+    )
+    parser.add_argument(
         "--vllm-preload",
         default="",
         help="':'-separated libraries to LD_PRELOAD into vLLM besides its libiomp5 (tcmalloc); "

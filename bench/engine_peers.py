@@ -349,6 +349,7 @@ async def start_peer(peer: str, args: argparse.Namespace, gguf: Path, logs: Path
             "--port",
             str(port),
             *args.vllm_args.split(),
+            *args.vllm_direct_args.split(),
         ]
         venv_lib = Path(args.vllm_python).resolve().parent.parent / "lib"
         vllm_env = {
