@@ -246,6 +246,7 @@ def create_llm(body: CreateLLM, who: PrincipalDep, services: ServicesDep) -> Dep
         preloaded_adapters=tuple(body.preloaded_adapters),
         max_active_adapters=body.max_active_adapters,
         quantization=body.quantization,
+        pricing=body.pricing.to_pricing() if body.pricing is not None else None,
     )
     settings = _settings(body.settings, None)
     now = utcnow()
@@ -356,6 +357,9 @@ def update_deployment(
         if body.config is not None:
             _apply_config(dep, body, services, who)
             changed.append("config")
+        if "pricing" in body.model_fields_set:
+            _apply_pricing(dep, body)
+            changed.append("pricing")
         if changed:
             dep.updated_at = utcnow()
             store.add_event(s, dep.id, "updated", f"updated {', '.join(changed)}")
@@ -400,6 +404,15 @@ def _apply_config(
         # environment at start, and the generation number says nothing about the token.
         dep.generation += 1
         dep.fail_reason = None
+
+
+def _apply_pricing(dep: Deployment, body: UpdateDeployment) -> None:
+    """Billing only: stored in the config without a new generation (no replica runs
+    differently); the gateway's directory picks it up at its next poll."""
+    pricing = body.pricing.to_pricing() if body.pricing is not None else None
+    config = store.config_of(dep)
+    if config.pricing != pricing:
+        dep.config = replace(config, pricing=pricing).to_json()
 
 
 def _set_hf_token(dep: Deployment, token: str | None, services: ApiServices) -> bool:

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from modelhost.domain.autoscaling import AutoscalingSettings
+from modelhost.domain.deployment_config import TokenPricing
 from modelhost.domain.deployments import (
     DEFAULT_MAX_ACTIVE_ADAPTERS,
     DEFAULT_MAX_BATCH_SIZE,
@@ -19,6 +20,7 @@ from modelhost.domain.deployments import (
     MAX_NUM_GPUS,
     MAX_PRELOADED_ADAPTERS,
 )
+from modelhost.domain.money import parse_micros
 
 # ---- request bodies ---------------------------------------------------------------------------
 
@@ -47,6 +49,33 @@ class LocalWeights(_Strict):
     path: str = Field(min_length=1, max_length=4096)
 
 
+class PricingIn(_Strict):
+    """Per-token prices (USD per 1M tokens, decimal strings: `"0.200000"`) for callers other
+    than the owner."""
+
+    usd_per_1m_prompt_tokens: str = Field(max_length=32)
+    usd_per_1m_completion_tokens: str = Field(max_length=32)
+
+    @field_validator("usd_per_1m_prompt_tokens", "usd_per_1m_completion_tokens")
+    @classmethod
+    def _money(cls, value: str) -> str:
+        try:
+            micros = parse_micros(value)
+        except ValueError:
+            raise ValueError(
+                'must be a decimal string of USD with at most 6 decimals, e.g. "0.200000"'
+            ) from None
+        if micros < 0:
+            raise ValueError("must not be negative")
+        return value
+
+    def to_pricing(self) -> TokenPricing:
+        return TokenPricing(
+            parse_micros(self.usd_per_1m_prompt_tokens),
+            parse_micros(self.usd_per_1m_completion_tokens),
+        )
+
+
 class CreateLLM(_Strict):
     model_name: str
     gpu: str
@@ -63,6 +92,8 @@ class CreateLLM(_Strict):
     container_image: None = None
     settings: dict[str, Any] | None = None
     public: bool = False
+    # Per-token prices charged to callers other than the owner (public deployments).
+    pricing: PricingIn | None = None
     # Multi-LoRA: adapters (`<username>/<name>` or your own bare names) loaded at replica start,
     # and how many may be resident per replica at once.
     preloaded_adapters: list[str] = Field(default_factory=list, max_length=MAX_PRELOADED_ADAPTERS)
@@ -90,6 +121,8 @@ class UpdateDeployment(_Strict):
     settings: dict[str, Any] | None = None
     config: ConfigUpdate | None = None
     public: bool | None = None
+    # Per-token prices; `null` removes them (absent: unchanged). Applied live, no new generation.
+    pricing: PricingIn | None = None
 
 
 class AdapterSource(_Strict):
@@ -160,6 +193,11 @@ class AutoscalingPublic(BaseModel):
     pending_reason: str | None
 
 
+class PricingPublic(BaseModel):
+    usd_per_1m_prompt_tokens: str
+    usd_per_1m_completion_tokens: str
+
+
 class DeploymentPublic(BaseModel):
     """The deploy object."""
 
@@ -174,6 +212,10 @@ class DeploymentPublic(BaseModel):
     config: DeploymentConfigPublic
     settings: AutoscalingSettings
     public: bool
+    pricing: PricingPublic | None = Field(
+        default=None,
+        description="per-token prices for callers other than the owner; absent when none",
+    )
     autoscaling: AutoscalingPublic
 
 
@@ -296,3 +338,58 @@ class AdaptersPublic(BaseModel):
 class AdapterDeletedPublic(BaseModel):
     adapter_id: str
     name: str
+
+
+# ---- usage and invoices (money: decimal strings with 6 decimals, never floats) ----------------
+
+
+class UsageRowPublic(BaseModel):
+    key: str = Field(
+        description="the deploy_id, the day YYYY-MM-DD, the GPU type, the token_id or "
+        '<username>/<adapter>, by group_by; "-" for what the grouping cannot attribute '
+        "(GPU time under api_token or adapter, requests without either)"
+    )
+    name: str = Field(description="<username>/<model_name> for a deployment, else readable key")
+    gpu_seconds: float = Field(description="seconds a replica ran x its num_gpus (ms precision)")
+    gpu_cost: str
+    prompt_tokens: int
+    completion_tokens: int
+    token_cost: str
+    total_cost: str
+
+
+class UsagePublic(BaseModel):
+    start: str
+    end: str
+    rows: list[UsageRowPublic]
+    total_cost: str
+
+
+class InvoiceSummaryPublic(BaseModel):
+    invoice_id: str
+    period_start: str
+    period_end: str
+    status: Literal["open", "final"] = Field(
+        description="open: the current week, updated live; final: a closed week, never changes"
+    )
+    total: str
+
+
+class InvoicesPublic(BaseModel):
+    invoices: list[InvoiceSummaryPublic]
+
+
+class InvoiceLinePublic(BaseModel):
+    description: str
+    deploy_id: str | None
+    gpu: str | None = Field(description="the GPU type of a GPU-time line; null for tokens")
+    quantity: str = Field(description="in units, 6 decimals")
+    unit: Literal["GPU-hour", "1M tokens"]
+    unit_price: str = Field(description="USD per unit (tokens: the line's average rate)")
+    amount: str
+
+
+class InvoicePublic(InvoiceSummaryPublic):
+    user: str = Field(description="the invoiced user's username")
+    currency: Literal["USD"] = "USD"
+    lines: list[InvoiceLinePublic]

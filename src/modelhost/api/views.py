@@ -14,13 +14,21 @@ from modelhost.api.schemas import (
     HFWeightsPublic,
     InstancesPublic,
     LocalWeightsPublic,
+    PricingPublic,
     TokenCreatedPublic,
     TokenPublic,
     UserCreatedPublic,
     UserPublic,
     WeightsPublic,
 )
-from modelhost.domain.deployment_config import CatalogWeights, HfWeights, LocalWeights, Weights
+from modelhost.domain.deployment_config import (
+    CatalogWeights,
+    HfWeights,
+    LocalWeights,
+    TokenPricing,
+    Weights,
+)
+from modelhost.domain.money import format_micros
 from modelhost.store.clock import iso
 from modelhost.store.deployments import config_of, settings_of, shown_status
 from modelhost.store.tables import Adapter, ApiToken, Deployment, Event, User
@@ -43,6 +51,13 @@ def _weights(weights: Weights, token_enc: bytes | None) -> WeightsPublic:
     if isinstance(weights, CatalogWeights):
         return WeightsPublic(base_model=CatalogWeightsPublic(name=weights.name))
     return WeightsPublic()
+
+
+def _pricing(pricing: TokenPricing) -> PricingPublic:
+    return PricingPublic(
+        usd_per_1m_prompt_tokens=format_micros(pricing.prompt_micros_per_1m),
+        usd_per_1m_completion_tokens=format_micros(pricing.completion_micros_per_1m),
+    )
 
 
 def deploy_object(dep: Deployment, owner: str) -> DeploymentPublic:
@@ -70,6 +85,7 @@ def deploy_object(dep: Deployment, owner: str) -> DeploymentPublic:
         ),
         settings=settings_of(dep),
         public=dep.public,
+        **({"pricing": _pricing(config.pricing)} if config.pricing is not None else {}),
         autoscaling=AutoscalingPublic(
             desired_replicas=dep.desired_replicas,
             reason=dep.scale_reason,

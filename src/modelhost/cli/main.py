@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from modelhost.cli import adapters, auth, chat, deploy, logs, models, serve, tokens, users
+from modelhost.cli import adapters, auth, chat, deploy, logs, models, serve, tokens, usage, users
 from modelhost.cli.session import ApiErrorGroup
 
 app = typer.Typer(
@@ -52,6 +52,7 @@ app.add_typer(models.app, name="models")
 app.add_typer(adapters.app, name="adapters")
 app.add_typer(tokens.app, name="tokens")
 app.add_typer(users.app, name="users")
+usage.register(app)
 
 
 def main() -> None:

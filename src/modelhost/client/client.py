@@ -35,8 +35,11 @@ from modelhost.client.models import (
     DeployEvent,
     Deployment,
     GpuType,
+    Invoice,
+    InvoiceSummary,
     LogEntry,
     Me,
+    Usage,
     User,
 )
 from modelhost.client.sse import ChatDelta, iter_chat_deltas
@@ -59,6 +62,11 @@ def _unwrap_list(body: Any, *keys: str) -> list[Any]:
             if isinstance(value, list):
                 return value
     raise ModelhostAPIError(200, "unexpected_response", f"expected a list, got: {body!r:.200}")
+
+
+def _instant_param(value: datetime | str) -> str:
+    # The server reads ISO 8601; a naive datetime is taken as UTC there.
+    return value.isoformat() if isinstance(value, datetime) else value
 
 
 def _since_param(since: SinceT) -> str:
@@ -452,3 +460,74 @@ class Client:
         """Delete it (its files too); returns its adapter_id."""
         body = self._request("DELETE", f"/v1/adapters/{name}")
         return str(body.get("adapter_id", "")) if isinstance(body, dict) else ""
+
+    # ---- usage and invoices ------------------------------------------------------------------
+
+    @staticmethod
+    def _usage_params(
+        start: datetime | str | None,
+        end: datetime | str | None,
+        group_by: str,
+        user: str | None,
+        all: bool,
+    ) -> dict[str, str]:
+        params = {"group_by": group_by}
+        if start is not None:
+            params["start"] = _instant_param(start)
+        if end is not None:
+            params["end"] = _instant_param(end)
+        if user is not None:
+            params["user"] = user
+        if all:
+            params["all"] = "true"
+        return params
+
+    def usage(
+        self,
+        start: datetime | str | None = None,
+        end: datetime | str | None = None,
+        *,
+        group_by: str = "deployment",
+        user: str | None = None,
+        all: bool = False,
+    ) -> Usage:
+        """GPU time and tokens in [start, end) (default: this calendar month, UTC, to now),
+        grouped by `deployment`, `day`, `gpu`, `api_token` or `adapter`; money as `Decimal`.
+        Admins may ask for another `user`'s usage or everyone's (`all=True`)."""
+        params = self._usage_params(start, end, group_by, user, all)
+        return Usage.model_validate(self._request("GET", "/v1/usage", params=params))
+
+    def usage_csv(
+        self,
+        start: datetime | str | None = None,
+        end: datetime | str | None = None,
+        *,
+        group_by: str = "deployment",
+        user: str | None = None,
+        all: bool = False,
+    ) -> str:
+        """The same rows as `usage()`, as the server's CSV text."""
+        params = self._usage_params(start, end, group_by, user, all)
+        return self._text("/v1/usage.csv", params)
+
+    def invoices(self, *, user: str | None = None) -> list[InvoiceSummary]:
+        """Your weekly invoices, newest first (admins: another `user`'s)."""
+        body = self._request("GET", "/v1/invoices", params={"user": user} if user else None)
+        return [InvoiceSummary.model_validate(i) for i in _unwrap_list(body, "invoices")]
+
+    def invoice(self, invoice_id: str) -> Invoice:
+        """One invoice with its lines; another user's is a 404 (`ModelhostAPIError`)."""
+        return Invoice.model_validate(self._request("GET", f"/v1/invoices/{invoice_id}"))
+
+    def invoice_html(self, invoice_id: str) -> str:
+        """The invoice as a printable HTML page."""
+        return self._text(f"/v1/invoices/{invoice_id}.html", None)
+
+    def _text(self, path: str, params: Mapping[str, Any] | None) -> str:
+        try:
+            resp = self._http.get(path, params=params)
+        except httpx.TransportError as exc:
+            raise self._connection_error(exc) from exc
+        if resp.is_error:
+            raise error_from_response(resp)
+        return resp.text

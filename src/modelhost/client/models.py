@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from pydantic import (
@@ -173,3 +174,54 @@ class Adapter(BaseModel):
     public: bool = False
     size_bytes: int | None = None
     created_at: datetime | None = None
+
+
+# ---- usage and invoices: money is `Decimal` (the API sends 6-decimal strings, never floats) ---
+
+
+class UsageRow(_Obj):
+    """One group of `Client.usage()`: `key` is the deploy_id, day, GPU type, token_id or
+    `<username>/<adapter>`; "-" for what the grouping cannot attribute."""
+
+    key: str
+    name: str = ""
+    gpu_seconds: float = 0.0
+    gpu_cost: Decimal = Decimal(0)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    token_cost: Decimal = Decimal(0)
+    total_cost: Decimal = Decimal(0)
+
+
+class Usage(_Obj):
+    start: datetime
+    end: datetime
+    rows: list[UsageRow] = Field(default_factory=list)
+    total_cost: Decimal = Decimal(0)
+
+
+class InvoiceLine(_Obj):
+    description: str = ""
+    deploy_id: str | None = None
+    gpu: str | None = None
+    quantity: Decimal = Decimal(0)
+    unit: str = ""
+    unit_price: Decimal = Decimal(0)
+    amount: Decimal = Decimal(0)
+
+
+class InvoiceSummary(_Obj):
+    """A weekly invoice (Monday 00:00 to Monday 00:00 UTC): `open` for the current week (it
+    still changes), `final` for a closed one."""
+
+    invoice_id: str
+    period_start: datetime
+    period_end: datetime
+    status: str
+    total: Decimal = Decimal(0)
+
+
+class Invoice(InvoiceSummary):
+    user: str | None = None
+    currency: str = "USD"
+    lines: list[InvoiceLine] = Field(default_factory=list)

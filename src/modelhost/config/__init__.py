@@ -11,6 +11,7 @@ import functools
 import importlib.util
 import os
 import sys
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,10 @@ class Settings(BaseSettings):
     reconcile_interval_s: float = 0.5
     # How often the autoscaler decides (its windows are in seconds, so this is resolution).
     autoscale_interval_s: float = 2.0
+    # How often the GPU meter checkpoints replicas' GPU time (a server crash loses at most this).
+    # At most 25 s: a loop that passes less often than /readyz's stall limit (30 s) reads as
+    # stalled.
+    metering_interval_s: float = Field(default=10.0, gt=0, le=25.0)
     # Gateway.
     request_timeout_s: float = 600.0
     # Queue per deployment, as a multiple of (replicas * max_batch_size); at least queue_min.
@@ -174,6 +179,22 @@ class Settings(BaseSettings):
                 url = "postgresql+psycopg://" + url.split("://", 1)[1]
             return url
         return f"sqlite:///{self.data_dir / 'modelhost.db'}"
+
+    def gpu_price_micros(self, gpu: str) -> int:
+        """The GPU type's price per GPU-hour in micro-dollars, exact (parsed as a Decimal
+        from `gpu_prices`; 0 when unpriced or unreadable, as `price_per_hour`)."""
+        for part in self.gpu_prices.split(","):
+            name, _, price = part.partition("=")
+            if name.strip() == gpu:
+                try:
+                    micros = Decimal(price.strip()) * 1_000_000
+                except InvalidOperation:
+                    return 0
+                if not micros.is_finite() or micros < 0:
+                    return 0
+                # Sub-micro precision in a price rounds half up to the micro-dollar.
+                return int(micros.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+        return 0
 
     def price_per_hour(self, gpu: str) -> float:
         for part in self.gpu_prices.split(","):

@@ -15,6 +15,7 @@ from modelhost.directory.snapshot import (
     TokenRow,
     UserRow,
 )
+from modelhost.domain.deployment_config import pricing_from_json
 from modelhost.store import revision
 from modelhost.store.db import Database
 from modelhost.store.tables import Adapter, ApiToken, Deployment, User
@@ -50,6 +51,7 @@ def load(db: Database) -> Snapshot:
                 fail_reason=row.fail_reason,
                 pending_reason=row.pending_reason,
                 created_at=row.created_at,
+                pricing=pricing_from_json((row.config or {}).get("pricing")),
             )
             for row in s.execute(
                 select(
@@ -62,6 +64,7 @@ def load(db: Database) -> Snapshot:
                     Deployment.fail_reason,
                     Deployment.pending_reason,
                     Deployment.created_at,
+                    Deployment.config,
                 )
                 .where(Deployment.deleted_at.is_(None))
                 .order_by(Deployment.created_at)

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
+from modelhost.domain.deployment_config import TokenPricing
 from modelhost.store.users import Principal
 
 
@@ -45,6 +46,8 @@ class DeploymentEntry:
     fail_reason: str | None
     pending_reason: str | None
     created_at: datetime
+    # Per-token prices for callers other than the owner (the config's `pricing`), or None.
+    pricing: TokenPricing | None = None
 
     @property
     def full_name(self) -> str:

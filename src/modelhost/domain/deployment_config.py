@@ -3,7 +3,9 @@
 The store keeps it as JSON in `deployments.config` (the shape `to_json` writes, which the deploy
 object's `config` shows); `from_json` is the one place that reads that JSON, and the store calls
 it (`store.deployments.config_of`), so every other module reads typed fields. A change to any of
-these fields is a new generation: the reconciler replaces the replicas one by one.
+these fields is a new generation: the reconciler replaces the replicas one by one, except
+`pricing`, which is billing only: it applies live (the gateway's directory reads it) and no
+replica is replaced.
 """
 
 from __future__ import annotations
@@ -43,6 +45,31 @@ Weights = HfWeights | LocalWeights | CatalogWeights | None
 
 
 @dataclass(frozen=True)
+class TokenPricing:
+    """Per-token prices a deployment charges callers other than its owner, in integer
+    micro-dollars per 1M tokens (stored as such: `{"prompt_micros_per_1m",
+    "completion_micros_per_1m"}`)."""
+
+    prompt_micros_per_1m: int
+    completion_micros_per_1m: int
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> TokenPricing:
+        return cls(int(raw["prompt_micros_per_1m"]), int(raw["completion_micros_per_1m"]))
+
+    def to_json(self) -> dict[str, int]:
+        return {
+            "prompt_micros_per_1m": self.prompt_micros_per_1m,
+            "completion_micros_per_1m": self.completion_micros_per_1m,
+        }
+
+
+def pricing_from_json(raw: object) -> TokenPricing | None:
+    """The `pricing` of a stored config (absent or null: none)."""
+    return TokenPricing.from_json(raw) if isinstance(raw, Mapping) else None
+
+
+@dataclass(frozen=True)
 class DeploymentConfig:
     gpu: str
     num_gpus: int
@@ -56,6 +83,9 @@ class DeploymentConfig:
     # The weights' quantization method for engines that serve quantized weights (vLLM's names:
     # awq, gptq, fp8, ...); None: whatever the weights are.
     quantization: str | None = None
+    # Per-token prices for callers other than the owner; None: no token charge. Not part of
+    # what replicas run: a change is no new generation.
+    pricing: TokenPricing | None = None
 
     def quota_item(self, max_instances: int) -> QuotaItem:
         """What this deployment reserves of its owner's GPU quota at `max_instances`."""
@@ -75,11 +105,12 @@ class DeploymentConfig:
             preloaded_adapters=tuple(str(n) for n in raw.get("preloaded_adapters", ())),
             max_active_adapters=int(raw.get("max_active_adapters", DEFAULT_MAX_ACTIVE_ADAPTERS)),
             quantization=str(quant) if (quant := raw.get("quantization")) is not None else None,
+            pricing=pricing_from_json(raw.get("pricing")),
         )
 
     def to_json(self) -> dict[str, Any]:
         """The stored JSON (and the deploy object's `config`, less the HF token marker)."""
-        return {
+        out: dict[str, Any] = {
             "gpu": self.gpu,
             "num_gpus": self.num_gpus,
             "max_batch_size": self.max_batch_size,
@@ -90,6 +121,9 @@ class DeploymentConfig:
             "max_active_adapters": self.max_active_adapters,
             "quantization": self.quantization,
         }
+        if self.pricing is not None:  # absent when none: older rows read the same
+            out["pricing"] = self.pricing.to_json()
+        return out
 
 
 def _weights_from_json(raw: Mapping[str, Any]) -> Weights:

@@ -12,6 +12,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from modelhost.config import Settings
+from modelhost.domain.money import MICROS_PER_USD
 from modelhost.domain.routing import ReplicaEndpoint
 from modelhost.gateway.adapter_residency import ReplicaAdmin
 from modelhost.gateway.drain import Drain
@@ -19,6 +20,10 @@ from modelhost.gateway.pool import DeploymentPool, PoolLimits
 from modelhost.gateway.proxy import ForwardResult
 from modelhost.gateway.resolve import Target
 from modelhost.gateway.upstream import UpstreamClient
+from modelhost.gateway.usage_meter import token_cost
+from modelhost.store.clock import utcnow
+from modelhost.store.metering import RequestTokens
+from modelhost.store.users import Principal
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
 
@@ -41,6 +46,9 @@ class Gateway:
         self.settings = settings
         self._on_demand = on_demand
         self._pools: dict[str, DeploymentPool] = {}
+        # Where each request's tokens go (store.metering.RequestUsageLog.record, set by the
+        # server's wiring): it must only queue, never wait on the database.
+        self.usage_sink: Callable[[RequestTokens], None] | None = None
         self.drain = Drain()
         # Inference requests to replicas.
         self.upstream = UpstreamClient(settings.request_timeout_s)
@@ -84,6 +92,20 @@ class Gateway:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        # What callers used and pay, per user (the caller), deployment and adapter ("" for
+        # none). The books are request_usage's integer micros; the float is for display only.
+        self.tokens = Counter(
+            "modelhost_tokens",
+            "Tokens of metered inference requests by caller, deployment, adapter and kind",
+            ["user", "deployment", "adapter", "kind"],
+            registry=registry,
+        )
+        self.cost = Counter(
+            "modelhost_cost_usd",
+            "What callers are charged for tokens (USD; display only, the books are in micros)",
+            ["user", "deployment", "adapter", "kind"],
+            registry=registry,
+        )
         registry.register(_PoolCollector(self))
 
     def limits(self) -> PoolLimits:
@@ -122,8 +144,16 @@ class Gateway:
         pool = self._pools.get(deploy_id)
         return pool.outstanding_on(replica_id) if pool else 0
 
-    def record(self, target: Target, result: ForwardResult) -> None:
+    def record(
+        self,
+        target: Target,
+        result: ForwardResult,
+        who: Principal | None = None,
+        request_id: str | None = None,
+    ) -> None:
         deploy_id = target.deploy_id
+        if result.tokens is not None and who is not None and request_id is not None:
+            self._meter(target, result, who, request_id)
         self.requests.labels(deploy_id, str(result.status)).inc()
         if target.adapter_name:
             self.adapter_requests.labels(deploy_id, target.adapter_name).inc()
@@ -132,6 +162,31 @@ class Gateway:
             if result.cold:
                 self.cold_first_token.labels(deploy_id).observe(result.first_byte_s)
         self.queue_wait.labels(deploy_id).observe(result.queued_s)
+
+    def _meter(
+        self, target: Target, result: ForwardResult, who: Principal, request_id: str
+    ) -> None:
+        sink, tokens = self.usage_sink, result.tokens
+        if sink is None or tokens is None:
+            return
+        cost = token_cost(tokens, who.user_id, target.owner_id, target.pricing)
+        sink(
+            RequestTokens(
+                request_id=request_id,
+                at=utcnow(),
+                user_id=who.user_id,
+                api_token_id=who.token_id or None,
+                deploy_id=target.deploy_id,
+                adapter_id=target.adapter_id,
+                prompt_tokens=tokens.prompt,
+                completion_tokens=tokens.completion,
+                cost_micros=cost,
+            )
+        )
+        labels = (who.username, target.deploy_id, target.adapter_name or "")
+        self.tokens.labels(*labels, "prompt").inc(tokens.prompt)
+        self.tokens.labels(*labels, "completion").inc(tokens.completion)
+        self.cost.labels(*labels, "tokens").inc(cost / MICROS_PER_USD)
 
     def record_rejected(self, deploy_id: str, status: int) -> None:
         self.requests.labels(deploy_id, str(status)).inc()

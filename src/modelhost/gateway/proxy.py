@@ -32,6 +32,7 @@ from modelhost.gateway.drain import Drain
 from modelhost.gateway.pool import GATEWAY_LOADED_ADAPTERS, DeploymentPool, Lease
 from modelhost.gateway.stream import ProxiedStream
 from modelhost.gateway.upstream import UpstreamClient, UpstreamResponse
+from modelhost.gateway.usage_meter import StreamUsage, Tokens, from_answer
 from modelhost.web.errors import Shape
 
 T = TypeVar("T")
@@ -64,6 +65,9 @@ class Upstream:
     # request to translate, or the OpenAI request's body to send with the adapter's lora name.
     lorax: bridge.LoraxCall | None = None
     openai: dict[str, Any] | None = None
+    # The gateway asked the engine for the stream's usage (usage_meter.ask_for_usage): the
+    # usage chunk is metered, not sent to the client.
+    drop_usage_chunk: bool = False
 
 
 @dataclass
@@ -89,6 +93,8 @@ class ForwardResult:
     queued_s: float = 0.0
     first_byte_s: float | None = None
     replica_id: str | None = None
+    # The engine's token counts, when it reported them (usage_meter.py).
+    tokens: Tokens | None = None
 
 
 class ClientGone(Exception):
@@ -263,12 +269,14 @@ async def forward(
     if up.adapter_name:
         extra["x-adapter-id"] = up.adapter_name
     if up.stream and upstream.status_code == 200:
+        usage = StreamUsage(up.drop_usage_chunk)
 
         def first_byte(elapsed: float) -> None:
             result.first_byte_s = elapsed
 
         def end(status: int) -> None:
             result.status = status
+            result.tokens = usage.tokens
             pool.release(lease)
             on_done(result)
 
@@ -282,7 +290,9 @@ async def forward(
             on_end=end,
             headers={**extra, "cache-control": "no-cache", "x-accel-buffering": "no"},
             transform=ex.stream,
+            usage=usage,
         )
+    data: bytes | None = None
     try:
         data = await until_disconnect(request, asyncio.wait_for(upstream.aread(), timeout_s))
     except TimeoutError:
@@ -298,6 +308,8 @@ async def forward(
             pool.release(lease)
             result.status = upstream.status_code
             result.first_byte_s = time.monotonic() - started
+            if data is not None and result.status == 200:
+                result.tokens = from_answer(data, upstream.headers)
             on_done(result)
     status = upstream.status_code
     if ex.whole is not None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from modelhost.directory.snapshot import AdapterEntry, DeploymentEntry, Snapshot
 from modelhost.domain.access import may_use
+from modelhost.domain.deployment_config import TokenPricing
 from modelhost.errors import NotFound
 from modelhost.store.users import Principal
 
@@ -28,6 +29,10 @@ class Target:
     # Why the orchestrator could not place replicas (the deploy object's
     # autoscaling.pending_reason): with none serving or starting, requests are refused at once.
     pending_reason: str | None = None
+    # Who pays per token: the deployment's owner pays nothing for its own calls; others pay
+    # `pricing` (None: no token charge).
+    owner_id: int | None = None
+    pricing: TokenPricing | None = None
 
 
 def model_not_found(model: str) -> NotFound:
@@ -60,6 +65,8 @@ def _target(dep: DeploymentEntry) -> Target:
         desired_state=dep.desired_state,
         fail_reason=dep.fail_reason,
         pending_reason=dep.pending_reason,
+        owner_id=dep.owner_id,
+        pricing=dep.pricing,
     )
 
 
@@ -77,6 +84,8 @@ def _adapter_target(snap: Snapshot, who: Principal, username: str, name: str) ->
         desired_state=base.desired_state,
         fail_reason=base.fail_reason,
         pending_reason=base.pending_reason,
+        owner_id=base.owner_id,
+        pricing=base.pricing,
         adapter_id=adapter.id,
         adapter_name=f"{username}/{name}",
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -40,6 +41,7 @@ from modelhost.gateway.resolve import (
     resolve_path,
     visible_models,
 )
+from modelhost.gateway.usage_meter import ask_for_usage
 from modelhost.gateway.validate import check_inference
 from modelhost.store.users import Principal
 from modelhost.web.auth import authenticate, bearer_token
@@ -130,12 +132,20 @@ def _check_servable(target: Target) -> None:
 
 
 async def _proxy(
-    request: Request, target: Target, path: str, body: dict[str, Any], style: Shape
+    request: Request,
+    who: Principal,
+    target: Target,
+    path: str,
+    body: dict[str, Any],
+    style: Shape,
 ) -> Response:
     # Checked before anything is admitted: an invalid request takes no slot, starts nothing.
     stream = check_inference(path, body)
     _check_servable(target)
     gateway = _gateway(request)
+    # Metered once per client request, however many times the proxy retries it.
+    request_id = uuid.uuid4().hex
+    drop_usage_chunk = ask_for_usage(path, body)
     try:
         encoded = json.dumps(body).encode()
     except RecursionError:
@@ -150,6 +160,7 @@ async def _proxy(
         adapter_name=target.adapter_name,
         lorax=lorax_call(path, body) if is_lorax_path(path) else None,
         openai=None if is_lorax_path(path) else body,
+        drop_usage_chunk=drop_usage_chunk,
     )
     return await forward(
         request,
@@ -159,7 +170,7 @@ async def _proxy(
         style,
         gateway.settings.request_timeout_s,
         gateway.drain,
-        lambda result: gateway.record(target, result),
+        lambda result: gateway.record(target, result, who, request_id),
         gateway.admin,
     )
 
@@ -179,7 +190,7 @@ async def _openai(request: Request, path: str) -> Response:
         # Engines know the deployment by its full name; an adapter keeps its own name (the
         # engine learns its id from the x-adapter-id header and echoes `model`).
         body["model"] = target.adapter_name or target.full_name
-        return await _proxy(request, target, path, body, "openai")
+        return await _proxy(request, who, target, path, body, "openai")
     except ClientGone:
         return Response(status_code=499)
     except ServiceError as exc:
@@ -283,7 +294,7 @@ async def _lorax(request: Request, username: str, model_name: str, path: str) ->
         body = await _body(request, _services(request).settings.max_body_bytes)
         base = await _lookup(request, who, username, model_name)
         target = await _with_adapter(request, who, base, body, openai_style)
-        return await _proxy(request, target, path, body, shape)
+        return await _proxy(request, who, target, path, body, shape)
     except ClientGone:
         return Response(status_code=499)
     except ServiceError as exc:

@@ -22,6 +22,7 @@ from modelhost.errors import UpstreamFailed
 from modelhost.gateway.drain import Drain, shutting_down
 from modelhost.gateway.lorax_bridge import StreamTransform
 from modelhost.gateway.upstream import UpstreamResponse
+from modelhost.gateway.usage_meter import StreamUsage
 from modelhost.web.errors import Shape, sse_error
 
 
@@ -40,6 +41,7 @@ class ProxiedStream(Response):
         on_end: Callable[[int], None],
         headers: Mapping[str, str],
         transform: StreamTransform | None = None,
+        usage: StreamUsage | None = None,
     ) -> None:
         self.status_code = 200
         self.background = None
@@ -53,6 +55,9 @@ class ProxiedStream(Response):
         self._on_end = on_end  # releases the lease and records the request; called once
         # Rewrites the replica's events (an engine answering in another API's shape).
         self._transform = transform
+        # Reads the engine's token counts from the events (and drops a usage chunk the client
+        # did not ask for); after `transform`, so it sees what the client would.
+        self._usage = usage
         self._status = 200
         self._task: asyncio.Task[Any] | None = None
         self._gone = False  # the client went away
@@ -82,10 +87,14 @@ class ProxiedStream(Response):
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             first = True
-            transform = self._transform
+            transform, usage = self._transform, self._usage
             async for chunk in self._upstream.aiter_raw():
                 if transform is not None:
                     chunk = transform.feed(chunk)
+                    if not chunk:
+                        continue
+                if usage is not None:
+                    chunk = usage.feed(chunk)
                     if not chunk:
                         continue
                 if first:
@@ -93,6 +102,8 @@ class ProxiedStream(Response):
                     self._on_first_byte(time.monotonic() - self._started)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             tail = b"" if transform is None else transform.end()
+            if usage is not None:
+                tail = usage.feed(tail) + usage.end()
         except asyncio.CancelledError:
             if not self._only_ours():
                 raise

@@ -26,7 +26,9 @@ def record_start(s: Session, action: StartReplica, record: ReplicaRecord | None)
         generation=action.generation,
         state=ReplicaState.STARTING.value,
         devices=list(action.devices),
-        started_at=utcnow(),
+        # The backend's own start time: the GPU meter bills from it, and after a restart the
+        # adopted replica is billed from this row, so both must agree.
+        started_at=_dt(record.started_at) if record is not None else utcnow(),
     )
     if record is not None:
         row.pid, row.port, row.log_path = record.pid, record.port, record.log_path

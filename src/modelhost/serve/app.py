@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from starlette.routing import Route
 
 from modelhost import __version__
-from modelhost.api import routes_adapters, routes_deploy, routes_observe, routes_users
+from modelhost.api import routes_adapters, routes_deploy, routes_observe, routes_usage, routes_users
 from modelhost.api.deps import ApiServices
 from modelhost.config import Settings
 from modelhost.errors import Forbidden
@@ -114,6 +114,7 @@ def create_app(
     app.include_router(routes_observe.router)
     app.include_router(routes_deploy.router)
     app.include_router(routes_adapters.router)
+    app.include_router(routes_usage.router)
     app.include_router(gateway_routes.router)
 
     @app.get("/healthz", include_in_schema=False)

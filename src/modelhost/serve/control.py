@@ -24,8 +24,10 @@ from modelhost.orchestrator.replica_metrics import ReplicaCollector
 from modelhost.orchestrator.store_adapter import SqlDesiredState
 from modelhost.orchestrator.types import RestartPolicy
 from modelhost.serve.autoscale_glue import AutoscaleGlue, monotonic_now
+from modelhost.serve.gpu_meter import GpuMeter
 from modelhost.serve.services import Services
 from modelhost.store import deployments as store
+from modelhost.store.metering import RequestUsageLog
 from modelhost.store.tables import Deployment
 from modelhost.store.write_behind import WriteBehind
 
@@ -67,6 +69,13 @@ class ControlLoops:
             "modelhost_loop_errors", "Failed passes of a control loop", ["loop"], registry=registry
         )
         self.reconciler: Reconciler | None = None
+        # Metering (issue 12): GPU time from the backend's replicas, tokens from the gateway.
+        # The meter reads the backend's own snapshot (what the reconciler's last_observed is
+        # taken from, but current, and still holding stopped replicas after backend.close).
+        self.gpu_meter = GpuMeter(
+            services.db, services.settings, self.backend.observe, registry=registry
+        )
+        self.request_usage = RequestUsageLog(services.db)
         registry.register(
             ReplicaCollector(lambda: self.reconciler.last_observed if self.reconciler else [])
         )
@@ -74,6 +83,7 @@ class ControlLoops:
     def attach_gateway(self, gateway: Gateway) -> None:
         services, s = self.services, self.services.settings
         self._gateway = gateway
+        gateway.usage_sink = self.request_usage.record
         self.reconciler = Reconciler(
             backend=self.backend,
             routing=gateway,
@@ -112,6 +122,11 @@ class ControlLoops:
 
         self._spawn("autoscaler", autoscale, s.autoscale_interval_s)
 
+        async def meter() -> None:
+            await asyncio.to_thread(self.gpu_meter.run_once)
+
+        self._spawn("gpu-meter", meter, s.metering_interval_s)
+
     def _spawn(
         self, name: str, fn: Callable[[], Awaitable[None]], interval: float, wake: bool = False
     ) -> None:
@@ -149,9 +164,16 @@ class ControlLoops:
             await self.reconciler.wait_drains()
         grace = self.services.settings.shutdown_grace_s
         await asyncio.to_thread(self.backend.close, True, grace)
+        # The final checkpoint: the replicas are stopped now, their exits observed.
+        if self._last_pass.get("gpu-meter") is not None:
+            try:
+                await asyncio.to_thread(self.gpu_meter.run_once)
+            except Exception:
+                log.exception("the final GPU metering pass failed")
         if self.reconciler is not None:
             await asyncio.to_thread(self.reconciler.close)
         await asyncio.to_thread(self._demand.close)
+        await asyncio.to_thread(self.request_usage.close)
 
     # ---- the activator's hook -------------------------------------------------------------
     def on_demand(self, deploy_id: str) -> None:

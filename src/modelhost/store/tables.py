@@ -18,6 +18,7 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
+    UniqueConstraint,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -184,3 +185,45 @@ class DirectoryRevision(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     value: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class GpuUsage(Base):
+    """GPU time of one replica in one period (aligned to the UTC minute): written by the GPU
+    meter (serve/gpu_meter.py), rewritten only upward, so re-metering never double-counts."""
+
+    __tablename__ = "gpu_usage"
+    __table_args__ = (
+        UniqueConstraint("replica_id", "period_start", name="uq_gpu_usage_replica_period"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    replica_id: Mapped[str] = mapped_column(String(64))
+    deploy_id: Mapped[str] = mapped_column(String(64), index=True)
+    user_id: Mapped[int] = mapped_column(Integer, index=True)
+    gpu_type: Mapped[str] = mapped_column(String(64))
+    num_gpus: Mapped[int] = mapped_column(Integer)
+    period_start: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    period_end: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # Milliseconds the replica ran within the period x num_gpus.
+    gpu_ms: Mapped[int] = mapped_column(BigInteger)
+    # The GPU type's price per GPU-hour when the period was first written (kept after).
+    usd_per_hour_micros: Mapped[int] = mapped_column(BigInteger)
+    cost_micros: Mapped[int] = mapped_column(BigInteger)
+
+
+class RequestUsage(Base):
+    """Tokens of one inference request (one row per client request, however many times the
+    gateway retried it), read from the engine's usage."""
+
+    __tablename__ = "request_usage"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(String(64), unique=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    user_id: Mapped[int] = mapped_column(Integer, index=True)
+    api_token_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    deploy_id: Mapped[str] = mapped_column(String(64), index=True)
+    adapter_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    prompt_tokens: Mapped[int] = mapped_column(Integer)
+    completion_tokens: Mapped[int] = mapped_column(Integer)
+    cost_micros: Mapped[int] = mapped_column(BigInteger, default=0)
