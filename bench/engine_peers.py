@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,7 +23,15 @@ from typing import Any
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
+from modelhost_server import (
+    ROOT,
+    auth_headers,
+    deploy_and_wait,
+    free_port,
+    serve_command,
+    serve_env,
+)
+
 sys.path.insert(0, str(ROOT / "src"))
 
 EOS_TOKEN_ID = 2  # <|im_end|> in SmolLM2's vocabulary
@@ -65,12 +72,6 @@ class PeerInfo:
 
 
 Client = Callable[[str, int], Awaitable[Sample]]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def http_client(
@@ -377,29 +378,10 @@ async def start_peer(peer: str, args: argparse.Namespace, gguf: Path, logs: Path
         port = free_port()
         token = "mh_bench_engine_admin_token_0123456789"
         data_dir = Path(tempfile.mkdtemp(prefix="mh-bench-vllm-"))
-        serve_env = {
-            **env,
-            "MODELHOST_ADMIN_TOKEN": token,
-            "MODELHOST_VLLM_PYTHON": args.vllm_python,
-            "MODELHOST_DISCOVER_GPUS": "false",
-        }
-        cmd = [
-            sys.executable,
-            "-m",
-            "modelhost.cli.main",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--data-dir",
-            str(data_dir),
-            "--cpu-slots",
-            "1",
-        ]
+        serve = serve_env(token, MODELHOST_VLLM_PYTHON=args.vllm_python)
+        cmd = serve_command(port, data_dir, "--cpu-slots", "1")
         base = f"http://127.0.0.1:{port}"
-        proc, _ = start_process(cmd, serve_env, f"{base}/readyz", logs / "modelhost-vllm.log")
-        auth = {"Authorization": f"Bearer {token}"}
+        proc, _ = start_process(cmd, serve, f"{base}/readyz", logs / "modelhost-vllm.log")
         started = time.perf_counter()
         body = {
             "model_name": "bench",
@@ -408,26 +390,13 @@ async def start_peer(peer: str, args: argparse.Namespace, gguf: Path, logs: Path
             "engine": "vllm",
             "max_batch_size": max(max_level, 1),
             "engine_args": ["--context-length", "2048", *args.vllm_args.split()],
-            "settings": {"min_instances": 1, "max_instances": 1},
         }
-        created = httpx.post(f"{base}/deploy/llm", json=body, headers=auth, timeout=30)
-        created.raise_for_status()
-        deploy_id = created.json()["deploy_id"]
-        deadline = time.perf_counter() + 900
-        while time.perf_counter() < deadline:
-            status = httpx.get(f"{base}/deploy/{deploy_id}", headers=auth, timeout=10).json()
-            if status["status"] == "ready":
-                break
-            if status["status"] in ("errored", "failed"):
-                raise RuntimeError(f"modelhost-vllm: {status.get('fail_reason')}")
-            time.sleep(1)
-        else:
-            raise RuntimeError("modelhost-vllm: the deployment did not become ready")
+        deploy_and_wait(base, token, body, timeout_s=900, poll_s=1, label="modelhost-vllm")
         info.startup_s = time.perf_counter() - started
         client, http = http_client(
             base,
             {"model": "admin/bench", "ignore_eos": True, "stream_options": {"include_usage": True}},
-            headers=auth,
+            headers=auth_headers(token),
         )
         running = RunningPeer(info, client, proc=proc, http=http)
     elif peer == "naive":

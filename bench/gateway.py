@@ -29,7 +29,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -43,16 +42,11 @@ from typing import Any
 import httpx
 import uvloop
 
-ROOT = Path(__file__).resolve().parent.parent
+from modelhost_server import ROOT, deploy_and_wait, free_port, serve_command, serve_env
+
 TOKEN = "mh_bench_admin_token_0123456789abcdef"
 LITELLM_KEY = "sk-bench-0123456789"
 MODES = ("plain", "stream")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # -- a minimal HTTP/1.1 keep-alive client ------------------------------------------------------
@@ -279,48 +273,20 @@ def start_modelhost(work: Path, max_batch: int) -> tuple[subprocess.Popen[bytes]
     returns the server, its port, and the replica's port and pid."""
     port = free_port()
     data = work / "data"
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT / "src"),
-        "MODELHOST_ADMIN_TOKEN": TOKEN,
-        "MODELHOST_DISCOVER_GPUS": "false",
-    }
-    cmd = [
-        sys.executable,
-        "-m",
-        "modelhost.cli.main",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--data-dir",
-        str(data),
-        "--gpus",
-        "A100-80GB:1",
-    ]
     log = work / "modelhost.log"
-    proc = start(cmd, env, log)
+    proc = start(serve_command(port, data, "--gpus", "A100-80GB:1"), serve_env(TOKEN), log)
     base = f"http://127.0.0.1:{port}"
     wait_http(base + "/readyz", proc, log)
-    auth = {"authorization": f"Bearer {TOKEN}"}
     body = {
         "model_name": "bench",
         "gpu": "A100-80GB",
         "engine": "simulator",
         "max_batch_size": max_batch,
         "engine_args": ["--ttft-ms", "0", "--tpot-ms", "0", "--prefill-ms-per-token", "0"],
-        # One replica for the whole run: the autoscaler must neither add nor remove one.
-        "settings": {"min_instances": 1, "max_instances": 1},
     }
-    r = httpx.post(base + "/deploy/llm", json=body, headers=auth, timeout=30)
-    r.raise_for_status()
-    deploy_id = r.json()["deploy_id"]
-    deadline = time.monotonic() + 120
-    while httpx.get(f"{base}/deploy/{deploy_id}", headers=auth).json()["status"] != "ready":
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the deployment did not become ready; see {log}")
-        time.sleep(0.2)
+    deploy_id = deploy_and_wait(
+        base, TOKEN, body, timeout_s=120, poll_s=0.2, label="modelhost", log=log
+    )
     db = sqlite3.connect(data / "modelhost.db")
     try:
         [(replica_port, replica_pid)] = db.execute(

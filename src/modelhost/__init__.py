@@ -11,6 +11,8 @@ __all__ = [
     "ModelhostAPIError",
     "ModelhostConnectionError",
     "ModelhostError",
+    "ModelhostRateLimitError",
+    "ModelhostSpendingLimitError",
     "ModelhostTimeoutError",
     "__version__",
 ]
@@ -21,6 +23,8 @@ if TYPE_CHECKING:
         ModelhostAPIError,
         ModelhostConnectionError,
         ModelhostError,
+        ModelhostRateLimitError,
+        ModelhostSpendingLimitError,
         ModelhostTimeoutError,
     )
 
@@ -31,6 +35,8 @@ _LAZY = {
     "ModelhostAPIError": "modelhost.client",
     "ModelhostConnectionError": "modelhost.client",
     "ModelhostError": "modelhost.client",
+    "ModelhostRateLimitError": "modelhost.client",
+    "ModelhostSpendingLimitError": "modelhost.client",
     "ModelhostTimeoutError": "modelhost.client",
 }
 

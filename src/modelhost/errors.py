@@ -23,6 +23,7 @@ class Kind(Enum):
     TOO_LARGE = "too_large"
     VALIDATION_FAILED = "validation_failed"  # invalid control-plane input
     BUSY = "busy"  # try again later: a full queue, a throttled caller
+    PAYMENT_REQUIRED = "payment_required"  # the caller's spending limit is reached
     UNAVAILABLE = "unavailable"  # cannot serve now (stopped, no capacity, shutting down)
     UPSTREAM_TIMEOUT = "upstream_timeout"
     UPSTREAM_FAILED = "upstream_failed"
@@ -42,6 +43,7 @@ class ServiceError(Exception):
         param: str | None = None,
         code: str | None = None,
         retry_after: float | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -49,6 +51,8 @@ class ServiceError(Exception):
         if code is not None:
             self.code = code
         self.retry_after = retry_after
+        # Extra response headers that belong to the answer (the x-ratelimit-* counts).
+        self.headers = headers or {}
 
 
 class InvalidRequest(ServiceError):
@@ -99,6 +103,21 @@ class QueueFull(ServiceError):
 
     kind = Kind.BUSY
     code = "queue_full"
+
+
+class RateLimited(ServiceError):
+    """The caller is over a requests- or tokens-per-minute limit."""
+
+    kind = Kind.BUSY
+    code = "rate_limited"
+
+
+class SpendingLimitReached(ServiceError):
+    """The caller's monthly spending limit is reached, or this request's maximum cost would
+    pass it."""
+
+    kind = Kind.PAYMENT_REQUIRED
+    code = "spending_limit_reached"
 
 
 class Unavailable(ServiceError):

@@ -60,10 +60,13 @@ def serve_app(app: object) -> Iterator[str]:
 
 
 @contextmanager
-def modelhost_server(data_dir: Path, *, real_engines: bool = False) -> Iterator[LiveServer]:
+def modelhost_server(
+    data_dir: Path, *, real_engines: bool = False, **overrides: object
+) -> Iterator[LiveServer]:
     """The real control plane with a known admin token, virtual GPUs and no GPU discovery."""
     # The suite's fast-test settings (short drains, quick probes), with 4 virtual A100s.
-    settings = make_settings(data_dir, gpus="A100-80GB:4", reconcile_interval_s=0.1)
+    base: dict[str, object] = {"gpus": "A100-80GB:4", "reconcile_interval_s": 0.1}
+    settings = make_settings(data_dir, **{**base, **overrides})
     app = create_app(settings, backend=None if real_engines else InProcessBackend())
     with serve_app(app) as url:
         yield LiveServer(url=url, admin_token=ADMIN_TOKEN, data_dir=data_dir)

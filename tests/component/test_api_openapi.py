@@ -64,8 +64,8 @@ def test_error_responses_use_the_error_shape(spec: dict[str, Any]) -> None:
 
 
 ROUTES = [
-    ("post", "/v1/openai/chat/completions", {"400", "401", "404", "413", "429"}),
-    ("post", "/deployments/{username}/{model_name}", {"401", "404", "413", "422", "429"}),
+    ("post", "/v1/openai/chat/completions", {"400", "401", "402", "404", "413", "429"}),
+    ("post", "/deployments/{username}/{model_name}", {"401", "402", "404", "413", "422", "429"}),
     ("get", "/deployments/{username}/{model_name}/health", {"401", "404", "429"}),
     ("post", "/v1/users", {"401", "403", "409", "413", "422", "429"}),
     ("get", "/v1/users", {"401", "403", "429"}),
@@ -73,12 +73,15 @@ ROUTES = [
     ("get", "/v1/me", {"401", "429"}),
     ("post", "/v1/api-tokens", {"401", "409", "413", "422", "429"}),
     ("delete", "/v1/api-tokens/{token_id}", {"401", "404", "429"}),
-    ("post", "/deploy/llm", {"401", "403", "409", "413", "422", "429"}),
+    ("post", "/deploy/llm", {"401", "402", "403", "409", "413", "422", "429"}),
     ("get", "/deploy/list", {"401", "422", "429"}),
     ("get", "/deploy/{deploy_id}", {"401", "404", "429"}),
     ("put", "/deploy/{deploy_id}", {"401", "403", "404", "413", "422", "429"}),
     ("delete", "/deploy/{deploy_id}", {"401", "404", "429"}),
-    ("post", "/deploy/{deploy_id}/start", {"401", "403", "404", "429"}),
+    ("post", "/deploy/{deploy_id}/start", {"401", "402", "403", "404", "429"}),
+    ("put", "/v1/me/spending-limit", {"401", "413", "422", "429"}),
+    ("put", "/v1/users/{username}/spending-limit", {"401", "403", "404", "413", "422", "429"}),
+    ("put", "/v1/users/{username}", {"401", "403", "404", "413", "422", "429"}),
     ("get", "/deploy/{deploy_id}/events", {"401", "404", "422", "429"}),
     ("post", "/v1/adapters", {"401", "403", "404", "409", "413", "422", "429"}),
     ("get", "/v1/adapters/{name}", {"401", "404", "429"}),

@@ -10,10 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner, Result
 
 from modelhost import Client
-from modelhost.cli.main import app
+from tests.cli_helpers import logged_in_env, printed_deploy_id, run
 from tests.component._live_server import LiveServer
 from tests.conftest import wait_until
 
@@ -23,26 +22,7 @@ _names = (f"cli-{i}" for i in itertools.count())
 @pytest.fixture(scope="module")
 def cli_env(live_server: LiveServer, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A logged-in admin: stored login in a temp file, no env overrides."""
-    env: dict[str, Any] = {
-        "MODELHOST_CLI_CONFIG": str(tmp_path_factory.mktemp("cli-cfg") / "config.json"),
-        "MODELHOST_URL": None,
-        "MODELHOST_TOKEN": None,
-    }
-    result = CliRunner().invoke(
-        app, ["login", "--url", live_server.url, "--token", live_server.admin_token], env=env
-    )
-    assert result.exit_code == 0, result.output
-    return env
-
-
-def run(env: dict[str, Any], *args: str, input: str | None = None) -> Result:
-    return CliRunner().invoke(app, list(args), env=env, input=input)
-
-
-def _deploy_id(output: str) -> str:
-    match = re.search(r"deploy id: (\S+)", output)
-    assert match, output
-    return match.group(1)
+    return logged_in_env(live_server, tmp_path_factory)
 
 
 def test_login_stores_a_private_file_and_whoami(cli_env: dict[str, Any]) -> None:
@@ -199,7 +179,7 @@ def test_deploy_lifecycle(cli_env: dict[str, Any]) -> None:
         "0.1",
     )
     assert created.exit_code == 0, created.output
-    dep_id = _deploy_id(created.stdout)
+    dep_id = printed_deploy_id(created.stdout)
     # The first replica starts even at min_instances 0 (it proves the weights load).
     assert re.search(r"status: (ready|standby)", created.stdout), created.stdout
     assert f"modelhost chat admin/{name}" in created.stdout

@@ -78,12 +78,13 @@ async def test_info_stats_models(engine: tuple[SimulatorGenerator, httpx.AsyncCl
     info = (await c.get("/info")).json()
     assert info["model_id"] == "acme/base" and info["max_concurrent_requests"] == 4
     assert info["max_total_tokens"] == 4096 and info["max_input_length"] == 4095
-    assert (await c.get("/stats")).json() == {
-        "running": 0,
-        "waiting": 0,
-        "max_batch_size": 4,
-        "adapters_resident": 0,
-    }
+    stats = (await c.get("/stats")).json()
+    # The busy clock (seconds with a request in flight, seconds up): idle so far.
+    assert stats.pop("busy_s") == 0.0 and stats.pop("uptime_s") >= 0.0
+    assert stats == {"running": 0, "waiting": 0, "max_batch_size": 4, "adapters_resident": 0}
+    assert (await c.post("/v1/chat/completions", json=chat())).status_code == 200
+    after = (await c.get("/stats")).json()
+    assert 0.0 < after["busy_s"] <= after["uptime_s"]
     models = (await c.get("/v1/models")).json()
     assert models["object"] == "list"
     assert [(m["id"], m["object"], m["max_model_len"]) for m in models["data"]] == [

@@ -16,17 +16,15 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import select
 
 from modelhost.config import Settings
-from modelhost.domain.deployment_config import DeploymentConfig
 from modelhost.domain.money import gpu_cost_micros
-from modelhost.domain.replicas import ReplicaState
 from modelhost.orchestrator.types import ReplicaObservation
 from modelhost.serve.gpu_meter import GpuMeter
-from modelhost.store import users
 from modelhost.store.db import Database
 from modelhost.store.metering import RequestTokens, insert_request_usage
-from modelhost.store.tables import ApiToken, Deployment, GpuUsage, RequestUsage, User
+from modelhost.store.tables import ApiToken, GpuUsage, RequestUsage, User
 from tests.component.conftest import Api
 from tests.conftest import auth, make_settings, wait_until
+from tests.metering_helpers import metering_db, obs
 from tests.pg import pg_url  # noqa: F401  (fixture)
 
 
@@ -174,38 +172,13 @@ def _gpu_ms(db: Database) -> int:
 def test_the_writes_are_idempotent_on_postgres(pg_url: str) -> None:  # noqa: F811
     """The dialect-specific upserts (ON CONFLICT) on PostgreSQL: the GPU meter rewritten and
     restarted, a price change, a request id written twice."""
-    db = Database(pg_url.replace("postgresql://", "postgresql+psycopg://", 1))
-    db.migrate()
+    db, user_id = metering_db(
+        pg_url.replace("postgresql://", "postgresql+psycopg://", 1), num_gpus=2, engine="sim"
+    )
     now = datetime.now(UTC)
     try:
-        with db.session() as s:
-            user = users.create_user(s, "alice", 4)
-            s.flush()
-            config = DeploymentConfig(gpu="A100-80GB", num_gpus=2, max_batch_size=4, engine="sim")
-            s.add(
-                Deployment(
-                    id="d1",
-                    owner_id=user.id,
-                    model_name="m",
-                    desired_state="running",
-                    config=config.to_json(),
-                    settings={},
-                    created_at=now,
-                    updated_at=now,
-                )
-            )
-            user_id = user.id
         t0 = 1_767_268_800.0  # a minute boundary
-        replica = ReplicaObservation(
-            replica_id="r1",
-            deploy_id="d1",
-            generation=1,
-            state=ReplicaState.READY,
-            port=None,
-            pid=None,
-            devices=("A100-80GB:0", "A100-80GB:1"),
-            started_at=t0,
-        )
+        replica = obs("r1", t0)
         clock = [t0 + 30.0]
         cheap = Settings(gpu_prices="A100-80GB=2.0")
         GpuMeter(db, cheap, lambda: [replica], clock=lambda: clock[0]).run_once()
@@ -234,39 +207,12 @@ def test_the_gpu_cost_counters_count_only_what_this_meter_added(tmp_path: Path) 
     """A replica started before the meter (adopted after a restart: its past is already in
     the books) counts from the meter's first pass; one started after counts from its start;
     a pass written twice counts nothing twice."""
-    db = Database(f"sqlite:///{tmp_path / 'm.db'}")
-    db.migrate()
-    now = datetime.now(UTC)
+    db, _ = metering_db(f"sqlite:///{tmp_path / 'm.db'}", num_gpus=1, engine="sim")
     try:
-        with db.session() as s:
-            user = users.create_user(s, "alice", 4)
-            s.flush()
-            config = DeploymentConfig(gpu="A100-80GB", num_gpus=1, max_batch_size=4, engine="sim")
-            s.add(
-                Deployment(
-                    id="d1",
-                    owner_id=user.id,
-                    model_name="m",
-                    desired_state="running",
-                    config=config.to_json(),
-                    settings={},
-                    created_at=now,
-                    updated_at=now,
-                )
-            )
         t0 = 1_767_268_800.0
 
         def replica(rid: str, started_at: float) -> ReplicaObservation:
-            return ReplicaObservation(
-                replica_id=rid,
-                deploy_id="d1",
-                generation=1,
-                state=ReplicaState.READY,
-                port=None,
-                pid=None,
-                devices=("A100-80GB:0",),
-                started_at=started_at,
-            )
+            return obs(rid, started_at, devices=("A100-80GB:0",))
 
         observed = [replica("old", t0 - 600.0)]
         clock = [t0]
@@ -280,7 +226,12 @@ def test_the_gpu_cost_counters_count_only_what_this_meter_added(tmp_path: Path) 
         )
 
         def value(name: str) -> float:
-            labels = {"user": "alice", "deployment": "d1", "gpu": "A100-80GB"}
+            labels = {
+                "user": "alice",
+                "deployment": "d1",
+                "model_name": "alice/m",
+                "gpu": "A100-80GB",
+            }
             return registry.get_sample_value(name, labels) or 0.0
 
         meter.run_once()  # the adopted replica: its past is not this meter's to count

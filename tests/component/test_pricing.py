@@ -129,11 +129,11 @@ def test_a_shared_endpoint_charges_callers_other_than_its_owner(api: Api) -> Non
     text = api.client.get("/metrics", headers=auth(ADMIN_TOKEN)).text
     for user in ("bob", admin):
         for kind in ("prompt", "completion"):
-            assert _metric(text, "modelhost_tokens_total", user, deploy_id, "", kind) > 0
-    bob_usd = _metric(text, "modelhost_cost_usd_total", "bob", deploy_id, "", "tokens")
+            assert _metric(text, "modelhost_tokens_total", user, deploy_id, model, "", kind) > 0
+    bob_usd = _metric(text, "modelhost_cost_usd_total", "bob", deploy_id, model, "", "tokens")
     assert bob_usd == pytest.approx(sum(row.cost_micros for row in rows) / 1e6)
-    assert _metric(text, "modelhost_cost_usd_total", admin, deploy_id, "", "tokens") == 0
-    gpu = f'deployment="{deploy_id}",gpu="A100-80GB",user="{admin}"'
+    assert _metric(text, "modelhost_cost_usd_total", admin, deploy_id, model, "", "tokens") == 0
+    gpu = f'deployment="{deploy_id}",gpu="A100-80GB",model_name="{model}",user="{admin}"'
     wait_until(
         lambda: (
             re.search(
@@ -148,9 +148,14 @@ def test_a_shared_endpoint_charges_callers_other_than_its_owner(api: Api) -> Non
     )
 
 
-def _metric(text: str, name: str, user: str, deployment: str, adapter: str, kind: str) -> float:
+def _metric(
+    text: str, name: str, user: str, deployment: str, model_name: str, adapter: str, kind: str
+) -> float:
     # prometheus_client writes labels sorted by name.
-    labels = f'adapter="{adapter}",deployment="{deployment}",kind="{kind}",user="{user}"'
+    labels = (
+        f'adapter="{adapter}",deployment="{deployment}",kind="{kind}",'
+        f'model_name="{model_name}",user="{user}"'
+    )
     found = re.search(rf"^{name}\{{{re.escape(labels)}\}} (\S+)$", text, re.M)
     assert found is not None, f"{name}{{{labels}}} not on /metrics"
     return float(found.group(1))

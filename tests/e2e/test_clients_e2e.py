@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner, Result
 
 from modelhost import Client
-from modelhost.cli.main import app
+from tests.cli_helpers import logged_in_env, printed_deploy_id, run
 from tests.component._live_server import LiveServer, modelhost_server
 
 pytestmark = pytest.mark.e2e
@@ -40,26 +39,7 @@ def alice(server: LiveServer) -> Iterator[Client]:
 @pytest.fixture(scope="module")
 def cli_env(server: LiveServer, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A logged-in admin: stored login in a temp file, no env overrides."""
-    env: dict[str, Any] = {
-        "MODELHOST_CLI_CONFIG": str(tmp_path_factory.mktemp("cli-cfg") / "config.json"),
-        "MODELHOST_URL": None,
-        "MODELHOST_TOKEN": None,
-    }
-    result = CliRunner().invoke(
-        app, ["login", "--url", server.url, "--token", server.admin_token], env=env
-    )
-    assert result.exit_code == 0, result.output
-    return env
-
-
-def run(env: dict[str, Any], *args: str, input: str | None = None) -> Result:
-    return CliRunner().invoke(app, list(args), env=env, input=input)
-
-
-def _deploy_id(output: str) -> str:
-    match = re.search(r"deploy id: (\S+)", output)
-    assert match, output
-    return match.group(1)
+    return logged_in_env(server, tmp_path_factory)
 
 
 def test_running_simulator_replica_chat_and_logs(alice: Client, tmp_path: Path) -> None:
@@ -119,7 +99,7 @@ def test_chat_and_logs_with_a_running_replica(cli_env: dict[str, Any]) -> None:
         "120",
     )
     assert created.exit_code == 0, created.output
-    dep_id = _deploy_id(created.stdout)
+    dep_id = printed_deploy_id(created.stdout)
     try:
         assert "status: ready" in created.stdout
         one = run(cli_env, "chat", f"admin/{name}", "--message", "hi", "--max-tokens", "5")

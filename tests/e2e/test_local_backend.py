@@ -360,6 +360,10 @@ def test_simulator_replica_serves_and_stops(tmp_path: Path, pids: list[int]) -> 
             timeout=WAIT_S,
         )
         assert r.status_code == 200, r.text
+        # The engine's busy clock reaches the observation (the metric history's busy fraction).
+        busy = wait_for(backend, "sim1", lambda o: (o.busy_s or 0.0) > 0.0)
+        assert busy.uptime_s is not None and busy.busy_s is not None
+        assert busy.busy_s <= busy.uptime_s
         backend.drain("sim1", timeout_s=10)
         stopped = wait_for(backend, "sim1", in_state(ReplicaState.STOPPED))
         assert stopped.exit_code == 0

@@ -11,7 +11,6 @@ import pytest
 from sqlalchemy import select
 
 from modelhost.config import Settings
-from modelhost.domain.deployment_config import DeploymentConfig
 from modelhost.domain.metering import (
     PERIOD_MS,
     PeriodUsage,
@@ -25,10 +24,10 @@ from modelhost.domain.money import gpu_cost_micros
 from modelhost.domain.replicas import ReplicaState
 from modelhost.orchestrator.types import ReplicaObservation
 from modelhost.serve.gpu_meter import GpuMeter
-from modelhost.store import users
 from modelhost.store.db import Database
 from modelhost.store.metering import gpu_totals
-from modelhost.store.tables import Deployment, GpuUsage, Replica
+from modelhost.store.tables import GpuUsage, Replica
+from tests.metering_helpers import metering_db, obs
 
 # 2026-01-01 12:00:00 UTC, a minute boundary.
 T0 = 1_767_268_800.0
@@ -115,48 +114,8 @@ class Replicas:
         return list(self.items)
 
 
-def obs(
-    rid: str,
-    started_at: float,
-    state: ReplicaState = ReplicaState.READY,
-    exited_at: float | None = None,
-    devices: tuple[str, ...] = ("A100-80GB:0", "A100-80GB:1"),
-    deploy_id: str = "d1",
-) -> ReplicaObservation:
-    return ReplicaObservation(
-        replica_id=rid,
-        deploy_id=deploy_id,
-        generation=1,
-        state=state,
-        port=None,
-        pid=None,
-        devices=devices,
-        started_at=started_at,
-        exited_at=exited_at,
-    )
-
-
 def _db(tmp_path: Path) -> tuple[Database, int]:
-    db = Database(f"sqlite:///{tmp_path / 'm.db'}")
-    db.migrate()
-    now = datetime.now(UTC)
-    with db.session() as s:
-        user = users.create_user(s, "alice", 4)
-        s.flush()
-        config = DeploymentConfig(gpu="A100-80GB", num_gpus=2, max_batch_size=4, engine="simulator")
-        s.add(
-            Deployment(
-                id="d1",
-                owner_id=user.id,
-                model_name="m",
-                desired_state="running",
-                config=config.to_json(),
-                settings={},
-                created_at=now,
-                updated_at=now,
-            )
-        )
-        return db, user.id
+    return metering_db(f"sqlite:///{tmp_path / 'm.db'}", num_gpus=2, engine="simulator")
 
 
 def _totals(db: Database) -> dict[str, tuple[int, int]]:

@@ -256,3 +256,24 @@ def test_pricing_in_the_stored_config_is_optional_and_round_trips() -> None:
         "completion_micros_per_1m": 1_500_000,
     }
     assert DeploymentConfig.from_json(priced.to_json()) == priced
+
+
+def test_a_stream_cut_before_its_counts_bills_the_tokens_it_sent() -> None:
+    meter = StreamUsage(drop_usage_chunk=True)
+    events = b"".join(
+        b'data: {"choices": [{"delta": {"content": "w%d"}}]}\n\n' % i for i in range(5)
+    )
+    meter.feed(events)
+    # The client left here: no usage chunk, no [DONE].
+    assert meter.tokens is None
+    assert meter.billable() == Tokens(0, 5)
+    assert StreamUsage().billable() is None
+
+
+def test_a_complete_stream_bills_the_engines_counts() -> None:
+    meter = StreamUsage(drop_usage_chunk=True)
+    meter.feed(b'data: {"choices": [{"delta": {"content": "a"}}]}\n\n')
+    meter.feed(b'data: {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 1}}\n\n')
+    meter.feed(b"data: [DONE]\n\n")
+    meter.end()
+    assert meter.billable() == Tokens(3, 1)

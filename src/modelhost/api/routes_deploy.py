@@ -14,6 +14,7 @@ from fastapi import APIRouter, Query
 from sqlalchemy.orm import Session
 
 from modelhost.api.deps import ApiServices, PrincipalDep, ServicesDep
+from modelhost.api.routes_limits import check_not_reached
 from modelhost.api.schemas import CreateLLM, DeployIdPublic, DeploymentPublic, UpdateDeployment
 from modelhost.api.views import deploy_object
 from modelhost.domain.autoscaling import AutoscalingSettings, SettingsError, validate_settings
@@ -223,7 +224,7 @@ def _view(s: Session, dep: Deployment) -> DeploymentPublic:
     status_code=201,
     response_model=DeploymentPublic,
     response_model_exclude_unset=True,
-    responses=errors(403, 409, 422, notes=CREATE_NOTES),
+    responses=errors(402, 403, 409, 422, notes=CREATE_NOTES),
 )
 def create_llm(body: CreateLLM, who: PrincipalDep, services: ServicesDep) -> DeploymentPublic:
     if not MODEL_NAME_RE.match(body.model_name):
@@ -247,6 +248,7 @@ def create_llm(body: CreateLLM, who: PrincipalDep, services: ServicesDep) -> Dep
         max_active_adapters=body.max_active_adapters,
         quantization=body.quantization,
         pricing=body.pricing.to_pricing() if body.pricing is not None else None,
+        rate_limits=body.rate_limits.to_limits() if body.rate_limits is not None else None,
     )
     settings = _settings(body.settings, None)
     now = utcnow()
@@ -259,6 +261,7 @@ def create_llm(body: CreateLLM, who: PrincipalDep, services: ServicesDep) -> Dep
             )
         _check_quota(s, who, config.quota_item(settings.max_instances), exclude=None)
         _check_cpu_share(services, who, config.gpu, settings.min_instances)
+        check_not_reached(s, who.user_id)
         token = body.hf.token if body.hf is not None else None
         dep = Deployment(
             id=new_id("d"),
@@ -360,6 +363,13 @@ def update_deployment(
         if "pricing" in body.model_fields_set:
             _apply_pricing(dep, body)
             changed.append("pricing")
+        if "rate_limits" in body.model_fields_set:
+            limits = body.rate_limits.to_limits() if body.rate_limits is not None else None
+            config = store.config_of(dep)
+            if config.rate_limits != limits:
+                # Like pricing: the gateway's, not the replicas': no new generation.
+                dep.config = replace(config, rate_limits=limits).to_json()
+            changed.append("rate_limits")
         if changed:
             dep.updated_at = utcnow()
             store.add_event(s, dep.id, "updated", f"updated {', '.join(changed)}")
@@ -442,11 +452,13 @@ def stop_deployment(deploy_id: str, who: PrincipalDep, services: ServicesDep) ->
             dep.desired_state = DesiredState.STOPPED.value
             dep.updated_at = utcnow()
             store.add_event(s, dep.id, "stopped", "deployment stopped by its owner")
+        # The owner's word now: it stays stopped when the spending limit is raised.
+        dep.stopped_by = None
     services.notify()
     return DeployIdPublic(deploy_id=deploy_id)
 
 
-@router.post("/deploy/{deploy_id}/start", responses=errors(403, 404, notes=QUOTA))
+@router.post("/deploy/{deploy_id}/start", responses=errors(402, 403, 404, notes=QUOTA))
 def start_deployment(deploy_id: str, who: PrincipalDep, services: ServicesDep) -> DeployIdPublic:
     with services.db.session() as s:
         dep = store.get_owned(s, who, deploy_id)
@@ -454,7 +466,9 @@ def start_deployment(deploy_id: str, who: PrincipalDep, services: ServicesDep) -
         if dep.desired_state != DesiredState.RUNNING.value:
             item = store.config_of(dep).quota_item(settings.max_instances)
             _check_quota(s, _owner_limit(s, dep, who), item, exclude=dep.id)
+            check_not_reached(s, dep.owner_id)
         dep.desired_state = DesiredState.RUNNING.value
+        dep.stopped_by = None
         dep.desired_replicas = max(settings.min_instances, 1)
         # Starting again is a fresh chance: forget earlier failures.
         dep.fail_reason = None

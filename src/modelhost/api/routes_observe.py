@@ -8,27 +8,34 @@ import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
 
 from modelhost.api.deps import ApiServices, PrincipalDep, ServicesDep
 from modelhost.api.schemas import (
     CatalogModelPublic,
     CatalogPublic,
+    DeploymentMetricsPublic,
     EventsPublic,
     GpuAvailabilityPublic,
     GpuPublic,
     LogEntryPublic,
     LogsPublic,
+    MetricSeriesPublic,
 )
 from modelhost.api.views import event_object
 from modelhost.domain.deployments import CPU
+from modelhost.domain.metric_history import WINDOWS, plan, series
 from modelhost.orchestrator.backends import log_stamps
+from modelhost.store import adapters as adapters_store
 from modelhost.store import deployments as store
+from modelhost.store import metric_history
 from modelhost.store.clock import iso
-from modelhost.store.tables import Replica
+from modelhost.store.tables import Adapter, Replica
 from modelhost.store.users import Principal
 from modelhost.web.openapi import errors
 
@@ -204,3 +211,60 @@ def _read_from(path: Path, offset: int) -> bytes:
             return f.read(1024 * 1024)
     except OSError:
         return b""
+
+
+@router.get("/v1/deployments/{deploy_id}/metrics", responses=errors(404, 422))
+def deployment_metrics(
+    deploy_id: str,
+    who: PrincipalDep,
+    services: ServicesDep,
+    window: Literal["1h", "24h", "7d"] = "1h",
+    adapter: str | None = Query(
+        default=None, description="one of your adapters on this deployment, by name or id"
+    ),
+) -> DeploymentMetricsPublic:
+    """The deployment's health over the window: requests/s, generated tokens/s, inference
+    time (p50, p95), queue time, ready replicas, GPU utilisation. Owner or admin; anyone else
+    gets the same 404 as for an unknown id."""
+    read = plan(WINDOWS[window], time.time(), services.settings.metric_sample_interval_s + 1)
+    with services.db.session() as s:
+        store.get_owned(s, who, deploy_id)
+        base = metric_history.read(s, deploy_id, "", read)
+        adapter_name: str | None = None
+        if adapter is None:
+            points = series(base, read)
+        else:
+            row = _adapter_on(s, who, deploy_id, adapter)
+            adapter_name = row.name
+            own = series(metric_history.read(s, deploy_id, row.id, read), read, observed=base)
+            shared = series(base, read)
+            # The base's replicas serve the adapter: their gauges are the adapter's too.
+            points = {**own, "replicas": shared["replicas"]}
+            points["gpu_utilization"] = shared["gpu_utilization"]
+    return DeploymentMetricsPublic(
+        deploy_id=deploy_id,
+        adapter=adapter_name,
+        window=window,
+        resolution_s=read.resolution_s,
+        start=read.start,
+        end=read.end,
+        series=MetricSeriesPublic(**points),
+        gpu_utilization_source=metric_history.latest_gpu_source(base),
+    )
+
+
+def _adapter_on(s: Session, who: Principal, deploy_id: str, name: str) -> Adapter:
+    """The caller's adapter (an admin: anyone's) on the deployment, by name, `user/name` or
+    id; any other is unknown."""
+    short = name.rsplit("/", 1)[-1]
+    rows = s.scalars(
+        select(Adapter).where(
+            Adapter.base_deploy_id == deploy_id,
+            Adapter.deleted_at.is_(None),
+            or_(Adapter.name == short, Adapter.id == name),
+        )
+    )
+    for row in rows:
+        if who.is_admin or row.owner_id == who.user_id:
+            return row
+    raise adapters_store.not_found(name)

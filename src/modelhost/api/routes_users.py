@@ -13,8 +13,10 @@ from modelhost.api.schemas import (
     TokenCreatedPublic,
     TokenPublic,
     TokenRevokedPublic,
+    UpdateUser,
     UserCreatedPublic,
     UserDeletedPublic,
+    UserPublic,
     UsersPublic,
 )
 from modelhost.api.views import created_token_object, created_user_object, token_object, user_object
@@ -49,6 +51,23 @@ def create_user(body: CreateUser, admin: AdminDep, services: ServicesDep) -> Use
 def list_users(admin: AdminDep, services: ServicesDep) -> UsersPublic:
     with services.db.session() as s:
         return UsersPublic(users=[user_object(u) for u in users_store.list_users(s)])
+
+
+@router.put("/v1/users/{username}", responses=errors(403, 404, 422, notes=ADMIN))
+def update_user(
+    username: str, body: UpdateUser, admin: AdminDep, services: ServicesDep
+) -> UserPublic:
+    """An admin's changes to a user: the GPU quota and the user's rate limits (requests and
+    tokens per minute over all their requests; `null` removes them). Applied live."""
+    with services.db.session() as s:
+        user = users_store.get_user(s, username)
+        if body.gpu_limit is not None:
+            user.gpu_limit = body.gpu_limit
+        if "rate_limits" in body.model_fields_set:
+            limits = body.rate_limits.to_limits() if body.rate_limits is not None else None
+            user.rate_limits = limits.to_json() if limits is not None else None
+        s.flush()
+        return user_object(user)
 
 
 @router.delete("/v1/users/{username}", responses=errors(403, 404, 422, notes=ADMIN))
@@ -106,7 +125,8 @@ def list_tokens(who: PrincipalDep, services: ServicesDep) -> list[TokenPublic]:
 def create_token(body: CreateToken, who: PrincipalDep, services: ServicesDep) -> TokenCreatedPublic:
     with services.db.session() as s:
         user = users_store.get_user(s, who.username)
-        row, plaintext = users_store.issue_token(s, user, body.name)
+        limits = body.rate_limits.to_limits() if body.rate_limits is not None else None
+        row, plaintext = users_store.issue_token(s, user, body.name, limits)
         return created_token_object(row, plaintext)
 
 

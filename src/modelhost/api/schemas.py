@@ -21,6 +21,8 @@ from modelhost.domain.deployments import (
     MAX_PRELOADED_ADAPTERS,
 )
 from modelhost.domain.money import parse_micros
+from modelhost.domain.rate_limits import RateLimits
+from modelhost.domain.spending import validate_alert_at
 
 # ---- request bodies ---------------------------------------------------------------------------
 
@@ -35,8 +37,58 @@ class CreateUser(_Strict):
     is_admin: bool = False
 
 
+class RateLimitsIn(_Strict):
+    """Requests and tokens per minute (null: no limit of that kind)."""
+
+    rpm: int | None = Field(default=None, ge=1, le=10_000_000)
+    tpm: int | None = Field(default=None, ge=1, le=10_000_000_000)
+
+    def to_limits(self) -> RateLimits | None:
+        limits = RateLimits(self.rpm, self.tpm)
+        return limits if limits.any else None
+
+
 class CreateToken(_Strict):
     name: str = Field(min_length=1, max_length=128)
+    # This token's own limits, counted for its requests alone (besides the user's).
+    rate_limits: RateLimitsIn | None = None
+
+
+class UpdateUser(_Strict):
+    """An admin's changes to a user (absent: unchanged; `rate_limits: null` removes them)."""
+
+    gpu_limit: int | None = Field(default=None, ge=0, le=MAX_GPU_LIMIT)
+    rate_limits: RateLimitsIn | None = None
+
+
+class SpendingLimitIn(_Strict):
+    """`usd_per_month`: a decimal string of USD (null: no limit of the user's own); `alert_at`:
+    fractions of the limit at which an alert is sent (absent: unchanged)."""
+
+    usd_per_month: str | None = Field(max_length=32)
+    alert_at: list[float] | None = Field(default=None, max_length=10)
+
+    @field_validator("usd_per_month")
+    @classmethod
+    def _money(cls, value: str | None) -> str | None:
+        return None if value is None else PricingIn._money(value)
+
+    @field_validator("alert_at")
+    @classmethod
+    def _fractions(cls, value: list[float] | None) -> list[float] | None:
+        return None if value is None else list(validate_alert_at(value))
+
+
+class AdminSpendingLimitIn(SpendingLimitIn):
+    """An admin may also cap what the user may set (`max_usd_per_month`; null: no cap)."""
+
+    usd_per_month: str | None = Field(default=None, max_length=32)
+    max_usd_per_month: str | None = Field(default=None, max_length=32)
+
+    @field_validator("max_usd_per_month")
+    @classmethod
+    def _cap(cls, value: str | None) -> str | None:
+        return None if value is None else PricingIn._money(value)
 
 
 class HFWeights(_Strict):
@@ -94,6 +146,8 @@ class CreateLLM(_Strict):
     public: bool = False
     # Per-token prices charged to callers other than the owner (public deployments).
     pricing: PricingIn | None = None
+    # Requests and tokens per minute for each caller other than the owner.
+    rate_limits: RateLimitsIn | None = None
     # Multi-LoRA: adapters (`<username>/<name>` or your own bare names) loaded at replica start,
     # and how many may be resident per replica at once.
     preloaded_adapters: list[str] = Field(default_factory=list, max_length=MAX_PRELOADED_ADAPTERS)
@@ -123,6 +177,8 @@ class UpdateDeployment(_Strict):
     public: bool | None = None
     # Per-token prices; `null` removes them (absent: unchanged). Applied live, no new generation.
     pricing: PricingIn | None = None
+    # Rate limits for callers other than the owner; as `pricing`: live, `null` removes them.
+    rate_limits: RateLimitsIn | None = None
 
 
 class AdapterSource(_Strict):
@@ -193,6 +249,11 @@ class AutoscalingPublic(BaseModel):
     pending_reason: str | None
 
 
+class RateLimitsPublic(BaseModel):
+    rpm: int | None
+    tpm: int | None
+
+
 class PricingPublic(BaseModel):
     usd_per_1m_prompt_tokens: str
     usd_per_1m_completion_tokens: str
@@ -216,6 +277,11 @@ class DeploymentPublic(BaseModel):
         default=None,
         description="per-token prices for callers other than the owner; absent when none",
     )
+    rate_limits: RateLimitsPublic | None = Field(
+        default=None,
+        description="requests and tokens per minute for callers other than the owner; "
+        "absent when none",
+    )
     autoscaling: AutoscalingPublic
 
 
@@ -228,6 +294,7 @@ class UserPublic(BaseModel):
     is_admin: bool
     gpu_limit: int
     created_at: str
+    rate_limits: RateLimitsPublic | None = None
 
 
 class UserCreatedPublic(UserPublic):
@@ -255,6 +322,7 @@ class TokenPublic(BaseModel):
     prefix: str
     created_at: str
     last_used_at: str | None
+    rate_limits: RateLimitsPublic | None = None
 
 
 class TokenCreatedPublic(TokenPublic):
@@ -393,3 +461,68 @@ class InvoicePublic(InvoiceSummaryPublic):
     user: str = Field(description="the invoiced user's username")
     currency: Literal["USD"] = "USD"
     lines: list[InvoiceLinePublic]
+
+
+class SpendAlertPublic(BaseModel):
+    fraction: float
+    at: str
+    spent: str
+    limit: str
+
+
+class SpendingLimitPublic(BaseModel):
+    usd_per_month: str | None = Field(description="the user's own limit (null: none)")
+    max_usd_per_month: str | None = Field(description="an admin's cap on it (null: none)")
+    effective_usd_per_month: str | None = Field(
+        description="what is enforced: the lower of the two (null: no limit)"
+    )
+    alert_at: list[float]
+    month: str = Field(description="the calendar month (UTC) the figures are for: YYYY-MM")
+    spent: str = Field(description="spent this month: GPU time plus tokens on priced endpoints")
+    remaining: str | None
+    reached: bool = Field(description="new requests are refused and deployments stopped")
+    alerts: list[SpendAlertPublic] = Field(description="alerts sent this month")
+
+
+# ---- metric history (GET /v1/deployments/{deploy_id}/metrics) ---------------------------------
+
+MetricPoint = tuple[int, float | None]
+
+
+class MetricSeriesPublic(BaseModel):
+    """Each series: `[t, value]` pairs, `t` the bucket's start in unix seconds, oldest first;
+    `null` where nothing was observed (the server was down, the deployment not running, no
+    request to time, no GPU reading)."""
+
+    requests_per_s: list[MetricPoint] = Field(description="forwarded requests per second")
+    tokens_per_s: list[MetricPoint] = Field(description="generated tokens per second")
+    inference_time_p50_s: list[MetricPoint] = Field(
+        description="median seconds from a request's arrival to its last byte, queue excluded"
+    )
+    inference_time_p95_s: list[MetricPoint] = Field(description="95th percentile of the same")
+    queue_time_s: list[MetricPoint] = Field(
+        description="mean seconds requests waited in the gateway for a replica slot"
+    )
+    replicas: list[MetricPoint] = Field(description="ready replicas (mean over the bucket)")
+    gpu_utilization: list[MetricPoint] = Field(
+        description="0..1, mean over the ready replicas; see gpu_utilization_source"
+    )
+
+
+class DeploymentMetricsPublic(BaseModel):
+    deploy_id: str
+    adapter: str | None = Field(
+        default=None,
+        description="the adapter the request, token and time series are for (replicas and "
+        "GPU utilisation are its base deployment's)",
+    )
+    window: Literal["1h", "24h", "7d"]
+    resolution_s: int = Field(description="seconds per point")
+    start: int = Field(description="the first bucket's start (unix seconds)")
+    end: int = Field(description="the last bucket's end (unix seconds)")
+    series: MetricSeriesPublic
+    gpu_utilization_source: Literal["nvml", "engine_busy"] | None = Field(
+        description="`nvml`: the replicas' NVIDIA GPUs as NVML reports them; `engine_busy`: "
+        "CPU or virtual-GPU replicas, the share of time their engine had a request in flight; "
+        "null: unknown"
+    )

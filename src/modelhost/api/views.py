@@ -3,6 +3,8 @@ of the contract, users, tokens, events, adapters."""
 
 from __future__ import annotations
 
+from typing import overload
+
 from modelhost.api.schemas import (
     AdapterPublic,
     AdapterSourcePublic,
@@ -15,6 +17,7 @@ from modelhost.api.schemas import (
     InstancesPublic,
     LocalWeightsPublic,
     PricingPublic,
+    RateLimitsPublic,
     TokenCreatedPublic,
     TokenPublic,
     UserCreatedPublic,
@@ -29,6 +32,7 @@ from modelhost.domain.deployment_config import (
     Weights,
 )
 from modelhost.domain.money import format_micros
+from modelhost.domain.rate_limits import RateLimits
 from modelhost.store.clock import iso
 from modelhost.store.deployments import config_of, settings_of, shown_status
 from modelhost.store.tables import Adapter, ApiToken, Deployment, Event, User
@@ -86,6 +90,11 @@ def deploy_object(dep: Deployment, owner: str) -> DeploymentPublic:
         settings=settings_of(dep),
         public=dep.public,
         **({"pricing": _pricing(config.pricing)} if config.pricing is not None else {}),
+        **(
+            {"rate_limits": rate_limits_object(config.rate_limits)}
+            if config.rate_limits is not None
+            else {}
+        ),
         autoscaling=AutoscalingPublic(
             desired_replicas=dep.desired_replicas,
             reason=dep.scale_reason,
@@ -100,6 +109,7 @@ def user_object(user: User) -> UserPublic:
         is_admin=user.is_admin,
         gpu_limit=user.gpu_limit,
         created_at=iso(user.created_at),
+        rate_limits=rate_limits_object(RateLimits.from_json(user.rate_limits)),
     )
 
 
@@ -114,7 +124,18 @@ def token_object(tok: ApiToken) -> TokenPublic:
         prefix=tok.prefix,
         created_at=iso(tok.created_at),
         last_used_at=iso(tok.last_used_at),
+        rate_limits=rate_limits_object(RateLimits.from_json(tok.rate_limits)),
     )
+
+
+@overload
+def rate_limits_object(limits: RateLimits) -> RateLimitsPublic: ...
+@overload
+def rate_limits_object(limits: None) -> None: ...
+@overload
+def rate_limits_object(limits: RateLimits | None) -> RateLimitsPublic | None: ...
+def rate_limits_object(limits: RateLimits | None) -> RateLimitsPublic | None:
+    return None if limits is None else RateLimitsPublic(rpm=limits.rpm, tpm=limits.tpm)
 
 
 def created_token_object(tok: ApiToken, plaintext: str) -> TokenCreatedPublic:

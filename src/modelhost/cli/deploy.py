@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from modelhost.cli import deploy_render, output
+from modelhost.cli import deploy_render, limits, output
 from modelhost.cli.session import CliError, deployment_id, open_client
 from modelhost.client import Client
 from modelhost.client.models import Deployment
@@ -25,6 +25,20 @@ EngineArgOpt = Annotated[
         "--engine-arg",
         help="Extra engine flag, repeatable; use --engine-arg=--flag for values starting with -.",
     ),
+]
+RpmOpt = Annotated[
+    int | None,
+    typer.Option(help="Requests per minute for each caller other than you (live)."),
+]
+TpmOpt = Annotated[
+    int | None, typer.Option(help="Tokens per minute for each caller other than you (live).")
+]
+PricePromptOpt = Annotated[
+    str | None,
+    typer.Option(help="USD per 1M prompt tokens charged to callers other than you, e.g. 0.2."),
+]
+PriceCompletionOpt = Annotated[
+    str | None, typer.Option(help="USD per 1M completion tokens charged to other callers.")
 ]
 SettingOpt = Annotated[
     list[str] | None,
@@ -130,6 +144,10 @@ def create_llm(
     max_instances: Annotated[int | None, typer.Option(help="Autoscaling ceiling.")] = None,
     setting: SettingOpt = None,
     public: Annotated[bool, typer.Option("--public", help="Let every user call it.")] = False,
+    rpm: RpmOpt = None,
+    tpm: TpmOpt = None,
+    price_prompt: PricePromptOpt = None,
+    price_completion: PriceCompletionOpt = None,
     wait: Annotated[bool, typer.Option(help="Wait until the status settles.")] = True,
     timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 900.0,
     poll_interval: Annotated[float, typer.Option(hidden=True)] = 1.0,
@@ -146,6 +164,8 @@ def create_llm(
         settings["min_instances"] = min_instances
     if max_instances is not None:
         settings["max_instances"] = max_instances
+    rate_limits = limits.rate_limits_from(rpm, tpm, False)
+    pricing = limits.pricing_from(price_prompt, price_completion, False)
     console = output.out()
     with open_client() as client:
         dep = client.create_llm(
@@ -160,6 +180,8 @@ def create_llm(
             engine_args=engine_arg,
             settings=settings or None,
             public=public,
+            pricing=None if pricing is ... else pricing,
+            rate_limits=None if rate_limits is ... else rate_limits,
         )
         console.print(f"Created {escape(dep.full_name)}  deploy id: [bold]{dep.deploy_id}[/bold]")
         if wait and not dep.settled:
@@ -215,8 +237,20 @@ def update(
     public: Annotated[
         bool | None, typer.Option("--public/--private", help="Share with every user, or not.")
     ] = None,
+    rpm: RpmOpt = None,
+    tpm: TpmOpt = None,
+    no_rate_limits: Annotated[
+        bool,
+        typer.Option("--no-rate-limits", help="Remove the rate limits (then apply --rpm/--tpm)."),
+    ] = False,
+    price_prompt: PricePromptOpt = None,
+    price_completion: PriceCompletionOpt = None,
+    no_pricing: Annotated[
+        bool, typer.Option("--no-pricing", help="Remove the per-token prices.")
+    ] = False,
 ) -> None:
-    """Change settings (live) and/or config (rolling replacement, status `updating`)."""
+    """Change settings (live) and/or config (rolling replacement, status `updating`). Rate
+    limits and prices apply live; --rpm or a price alone keeps the rest as it is."""
     settings = _parse_settings(setting)
     for key, value in (
         ("min_instances", min_instances),
@@ -233,11 +267,26 @@ def update(
         config["engine_args"] = list(engine_arg or [])
     if hf_revision is not None:
         config["hf"] = {"revision": hf_revision}
-    if not settings and not config and public is None:
+    wants_limits = rpm is not None or tpm is not None or no_rate_limits
+    wants_pricing = price_prompt is not None or price_completion is not None or no_pricing
+    if not settings and not config and public is None and not wants_limits and not wants_pricing:
         raise CliError("nothing to update; see `modelhost deploy update --help`")
     with open_client() as client:
+        dep_id = deployment_id(client, deploy_id)
+        current = client.get_deployment(dep_id) if wants_limits or wants_pricing else None
+        rate_limits = limits.rate_limits_from(
+            rpm, tpm, no_rate_limits, current.rate_limits if current else None
+        )
+        pricing = limits.pricing_from(
+            price_prompt, price_completion, no_pricing, current.pricing if current else None
+        )
         dep = client.update_deployment(
-            deployment_id(client, deploy_id), settings or None, config or None, public=public
+            dep_id,
+            settings or None,
+            config or None,
+            public=public,
+            pricing=pricing,
+            rate_limits=rate_limits,
         )
     console = output.out()
     console.print(f"Updated {escape(dep.full_name)}: {output.status_text(dep.status)}")
@@ -247,7 +296,11 @@ def update(
     if hf_revision is not None:
         now.append(f"hf.revision={dep.config.get('weights', {}).get('hf', {}).get('revision')}")
     if public is not None:
-        now.append(f"public={(dep.model_extra or {}).get('public', public)}")
+        now.append(f"public={dep.public}")
+    if wants_limits:
+        now.append(f"rate_limits={limits.fmt_rate_limits(dep.rate_limits)}")
+    if wants_pricing:
+        now.append(f"pricing={limits.fmt_pricing(dep.pricing)}")
     console.print("  " + " ".join(now), markup=False)
     if config:
         console.print(

@@ -6,7 +6,19 @@ from typing import Annotated
 
 import typer
 
-from modelhost.cli import adapters, auth, chat, deploy, logs, models, serve, tokens, usage, users
+from modelhost.cli import (
+    adapters,
+    auth,
+    chat,
+    deploy,
+    limits,
+    logs,
+    models,
+    serve,
+    tokens,
+    usage,
+    users,
+)
 from modelhost.cli.session import ApiErrorGroup
 
 app = typer.Typer(
@@ -53,6 +65,7 @@ app.add_typer(adapters.app, name="adapters")
 app.add_typer(tokens.app, name="tokens")
 app.add_typer(users.app, name="users")
 usage.register(app)
+limits.register(app)
 
 
 def main() -> None:

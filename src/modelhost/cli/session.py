@@ -17,6 +17,7 @@ from modelhost.client.errors import (
     ModelhostAPIError,
     ModelhostConnectionError,
     ModelhostError,
+    ModelhostSpendingLimitError,
 )
 
 
@@ -62,6 +63,8 @@ def describe_api_error(exc: ModelhostAPIError) -> str:
         msg += f" [{exc.code}]"
     if exc.status_code == 401:
         msg += "; check your token (`modelhost login`, or MODELHOST_TOKEN)"
+    if isinstance(exc, ModelhostSpendingLimitError):
+        msg += "; see `modelhost spending-limit`"
     if exc.retry_after is not None:
         msg += f"; retry after {exc.retry_after:g}s"
     return msg

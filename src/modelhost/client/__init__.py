@@ -9,6 +9,8 @@ from modelhost.client.errors import (
     ModelhostAPIError,
     ModelhostConnectionError,
     ModelhostError,
+    ModelhostRateLimitError,
+    ModelhostSpendingLimitError,
     ModelhostTimeoutError,
 )
 
@@ -17,5 +19,7 @@ __all__ = [
     "ModelhostAPIError",
     "ModelhostConnectionError",
     "ModelhostError",
+    "ModelhostRateLimitError",
+    "ModelhostSpendingLimitError",
     "ModelhostTimeoutError",
 ]

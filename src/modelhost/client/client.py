@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
+from decimal import Decimal
+from types import EllipsisType
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -39,6 +41,9 @@ from modelhost.client.models import (
     InvoiceSummary,
     LogEntry,
     Me,
+    Pricing,
+    RateLimits,
+    SpendingLimit,
     Usage,
     User,
 )
@@ -50,6 +55,12 @@ if TYPE_CHECKING:
 __all__ = ["Client"]
 
 SinceT = datetime | float | int | str
+# Money in: a decimal string ("50", "0.200000"), a Decimal or an int of USD; never a float.
+MoneyT = str | Decimal | int
+# Rate limits in: a `RateLimits` or a mapping {"rpm": int | None, "tpm": int | None}.
+RateLimitsT = RateLimits | Mapping[str, int | None]
+# Prices in: a `Pricing` or a mapping {"usd_per_1m_prompt_tokens", "usd_per_1m_completion_tokens"}.
+PricingT = Pricing | Mapping[str, MoneyT]
 
 
 def _unwrap_list(body: Any, *keys: str) -> list[Any]:
@@ -72,6 +83,48 @@ def _instant_param(value: datetime | str) -> str:
 def _since_param(since: SinceT) -> str:
     # The server takes unix seconds; a naive datetime is taken as local time, like Python does.
     return str(since.timestamp()) if isinstance(since, datetime) else str(since)
+
+
+def _money(value: MoneyT) -> str:
+    """The API's decimal string for an amount of USD; floats are refused (never exact)."""
+    if isinstance(value, bool | float):
+        raise TypeError("money must be a decimal string, a Decimal or an int, never a float")
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            raise ValueError(f"not a finite amount: {value!r}")
+        return format(value, "f")
+    return value.strip()
+
+
+def _rate_limits_body(value: RateLimitsT | None) -> dict[str, int | None] | None:
+    if value is None:
+        return None
+    if not isinstance(value, RateLimits):
+        unknown = set(value) - {"rpm", "tpm"}
+        if unknown:
+            raise ValueError(f"rate_limits has unknown fields: {', '.join(sorted(unknown))}")
+    limits = value if isinstance(value, RateLimits) else RateLimits.model_validate(dict(value))
+    return {"rpm": limits.rpm, "tpm": limits.tpm}
+
+
+def _pricing_body(value: PricingT | None) -> dict[str, str] | None:
+    if value is None:
+        return None
+    if isinstance(value, Pricing):
+        prompt: MoneyT = value.usd_per_1m_prompt_tokens
+        completion: MoneyT = value.usd_per_1m_completion_tokens
+    else:
+        unknown = set(value) - {"usd_per_1m_prompt_tokens", "usd_per_1m_completion_tokens"}
+        if unknown:
+            raise ValueError(f"pricing has unknown fields: {', '.join(sorted(unknown))}")
+        prompt = value["usd_per_1m_prompt_tokens"]
+        completion = value["usd_per_1m_completion_tokens"]
+    return {
+        "usd_per_1m_prompt_tokens": _money(prompt),
+        "usd_per_1m_completion_tokens": _money(completion),
+    }
 
 
 class Client:
@@ -191,6 +244,24 @@ class Client:
         body = self._request("GET", "/v1/users")
         return [User.model_validate(u) for u in _unwrap_list(body, "users", "data")]
 
+    def update_user(
+        self,
+        username: str,
+        gpu_limit: int | None = None,
+        *,
+        rate_limits: RateLimitsT | EllipsisType | None = ...,
+    ) -> User:
+        """Admin only: change a user's GPU quota and/or rate limits (requests and tokens per
+        minute over all their requests; `None` removes them, `...` leaves them). Applied live."""
+        body: dict[str, Any] = {}
+        if gpu_limit is not None:
+            body["gpu_limit"] = gpu_limit
+        if not isinstance(rate_limits, EllipsisType):
+            body["rate_limits"] = _rate_limits_body(rate_limits)
+        if not body:
+            raise ValueError("update_user needs gpu_limit or rate_limits")
+        return User.model_validate(self._request("PUT", f"/v1/users/{username}", json_body=body))
+
     def delete_user(self, username: str) -> None:
         self._request("DELETE", f"/v1/users/{username}")
 
@@ -198,11 +269,13 @@ class Client:
         body = self._request("GET", "/v1/api-tokens")
         return [ApiToken.model_validate(t) for t in _unwrap_list(body, "tokens", "data")]
 
-    def create_token(self, name: str) -> ApiToken:
-        """The returned `token` is shown this once. 409 if the name is in use."""
-        return ApiToken.model_validate(
-            self._request("POST", "/v1/api-tokens", json_body={"name": name})
-        )
+    def create_token(self, name: str, *, rate_limits: RateLimitsT | None = None) -> ApiToken:
+        """The returned `token` is shown this once. 409 if the name is in use. `rate_limits`
+        are the token's own (its requests alone), counted besides the user's."""
+        body: dict[str, Any] = {"name": name}
+        if rate_limits is not None:
+            body["rate_limits"] = _rate_limits_body(rate_limits)
+        return ApiToken.model_validate(self._request("POST", "/v1/api-tokens", json_body=body))
 
     def revoke_token(self, token_id: str) -> None:
         self._request("DELETE", f"/v1/api-tokens/{token_id}")
@@ -223,9 +296,13 @@ class Client:
         engine_args: Sequence[str] | None = None,
         settings: Mapping[str, Any] | None = None,
         public: bool = False,
+        pricing: PricingT | None = None,
+        rate_limits: RateLimitsT | None = None,
     ) -> Deployment:
         """Create a deployment (`POST /deploy/llm`). Weights: one of `hf` ({"repo", "revision",
-        "token"}), `local` ({"path"} or a path string) or `base_model` (a catalog name)."""
+        "token"}), `local` ({"path"} or a path string) or `base_model` (a catalog name).
+        `pricing` (USD per 1M prompt/completion tokens) and `rate_limits` (per minute, for each
+        caller) apply to callers other than the owner."""
         body: dict[str, Any] = {
             "model_name": model_name,
             "gpu": gpu,
@@ -246,6 +323,10 @@ class Client:
             # Only sent when asked for, so servers that predate public deployments still accept
             # the ordinary create body.
             body["public"] = True
+        if pricing is not None:
+            body["pricing"] = _pricing_body(pricing)
+        if rate_limits is not None:
+            body["rate_limits"] = _rate_limits_body(rate_limits)
         return Deployment.model_validate(self._request("POST", "/deploy/llm", json_body=body))
 
     def list_deployments(
@@ -271,9 +352,13 @@ class Client:
         config: Mapping[str, Any] | None = None,
         *,
         public: bool | None = None,
+        pricing: PricingT | EllipsisType | None = ...,
+        rate_limits: RateLimitsT | EllipsisType | None = ...,
     ) -> Deployment:
         """`settings` apply live; `config` (max_batch_size, engine_args, hf.revision) triggers a
-        rolling replacement (status `updating`); `public` shares it with every user or not."""
+        rolling replacement (status `updating`); `public` shares it with every user or not.
+        `pricing` and `rate_limits` (for callers other than the owner) apply live: `None`
+        removes them, `...` (the default) leaves them as they are."""
         body: dict[str, Any] = {}
         if settings is not None:
             body["settings"] = dict(settings)
@@ -281,8 +366,14 @@ class Client:
             body["config"] = dict(config)
         if public is not None:
             body["public"] = public
+        if not isinstance(pricing, EllipsisType):
+            body["pricing"] = _pricing_body(pricing)
+        if not isinstance(rate_limits, EllipsisType):
+            body["rate_limits"] = _rate_limits_body(rate_limits)
         if not body:
-            raise ValueError("update_deployment needs settings, config or public")
+            raise ValueError(
+                "update_deployment needs settings, config, public, pricing or rate_limits"
+            )
         resp = self._request("PUT", f"/deploy/{deploy_id}", json_body=body)
         return self._deployment_or_fetch(resp, deploy_id)
 
@@ -460,6 +551,60 @@ class Client:
         """Delete it (its files too); returns its adapter_id."""
         body = self._request("DELETE", f"/v1/adapters/{name}")
         return str(body.get("adapter_id", "")) if isinstance(body, dict) else ""
+
+    # ---- spending limits --------------------------------------------------------------------
+
+    def spending_limit(self) -> SpendingLimit:
+        """Your monthly spending limit, an admin's cap on it, and this month's spend."""
+        return SpendingLimit.model_validate(self._request("GET", "/v1/me/spending-limit"))
+
+    def set_spending_limit(
+        self, usd_per_month: MoneyT | None, alert_at: Sequence[float] | None = None
+    ) -> SpendingLimit:
+        """Set your monthly limit in USD (`None`: none of your own) and, if given, the fractions
+        of it at which an alert is sent (e.g. `[0.5, 0.8]`; None leaves them). Under an admin's
+        cap, a limit above it (or none) is refused: 422 `over_spending_cap`."""
+        body: dict[str, Any] = {
+            "usd_per_month": None if usd_per_month is None else _money(usd_per_month)
+        }
+        if alert_at is not None:
+            body["alert_at"] = list(alert_at)
+        return SpendingLimit.model_validate(
+            self._request("PUT", "/v1/me/spending-limit", json_body=body)
+        )
+
+    def user_spending_limit(self, username: str) -> SpendingLimit:
+        """Admin only: another user's spending limit and spend."""
+        return SpendingLimit.model_validate(
+            self._request("GET", f"/v1/users/{username}/spending-limit")
+        )
+
+    def set_user_spending_limit(
+        self,
+        username: str,
+        *,
+        usd_per_month: MoneyT | EllipsisType | None = ...,
+        max_usd_per_month: MoneyT | EllipsisType | None = ...,
+        alert_at: Sequence[float] | None = None,
+    ) -> SpendingLimit:
+        """Admin only: set a user's limit (`usd_per_month`) and/or the cap on what they may set
+        themselves (`max_usd_per_month`); `None` removes one, `...` (the default) leaves it."""
+        body: dict[str, Any] = {}
+        if not isinstance(usd_per_month, EllipsisType):
+            body["usd_per_month"] = None if usd_per_month is None else _money(usd_per_month)
+        if not isinstance(max_usd_per_month, EllipsisType):
+            body["max_usd_per_month"] = (
+                None if max_usd_per_month is None else _money(max_usd_per_month)
+            )
+        if alert_at is not None:
+            body["alert_at"] = list(alert_at)
+        if not body:
+            raise ValueError(
+                "set_user_spending_limit needs usd_per_month, max_usd_per_month or alert_at"
+            )
+        return SpendingLimit.model_validate(
+            self._request("PUT", f"/v1/users/{username}/spending-limit", json_body=body)
+        )
 
     # ---- usage and invoices ------------------------------------------------------------------
 

@@ -2,8 +2,10 @@
 
 The API answers errors as `{"error": {"message", "type", "param", "code"}}` (control plane and
 OpenAI routes), `{"error": "...", "error_type": "..."}` (LoRAX routes) or, from a framework
-default, `{"detail": ...}`. All of them become one `ModelhostAPIError` so callers handle a single
-type.
+default, `{"detail": ...}`. All of them become a `ModelhostAPIError` so callers handle a single
+type; two kinds that callers act on get their own subclasses: `ModelhostSpendingLimitError`
+(402, the monthly spending limit is reached) and `ModelhostRateLimitError` (429: a requests- or
+tokens-per-minute limit, a full queue, too many failed logins; it carries `retry_after`).
 """
 
 from __future__ import annotations
@@ -52,9 +54,43 @@ class ModelhostAPIError(ModelhostError):
 
     def __repr__(self) -> str:
         return (
-            f"ModelhostAPIError(status_code={self.status_code!r}, code={self.code!r}, "
+            f"{type(self).__name__}(status_code={self.status_code!r}, code={self.code!r}, "
             f"message={self.message!r}, param={self.param!r})"
         )
+
+
+class ModelhostSpendingLimitError(ModelhostAPIError):
+    """402 `spending_limit_reached`: the caller's monthly spending limit is reached (or this
+    request's maximum cost would pass it). New requests and deployment starts are refused until
+    the month ends or the limit is raised (`Client.set_spending_limit`)."""
+
+
+class ModelhostRateLimitError(ModelhostAPIError):
+    """429: over a requests- or tokens-per-minute limit (`code` "rate_limited"), a full queue
+    ("queue_full") or too many failed authentications ("auth_throttled").
+
+    `retry_after` is the server's Retry-After in seconds (None if it sent none). The
+    `x-ratelimit-*` headers, when sent, are in `limit_requests`, `remaining_requests`,
+    `limit_tokens` and `remaining_tokens` (None when absent).
+    """
+
+    limit_requests: int | None = None
+    remaining_requests: int | None = None
+    limit_tokens: int | None = None
+    remaining_tokens: int | None = None
+
+
+SPENDING_LIMIT_CODE = "spending_limit_reached"
+RATE_LIMIT_CODE = "rate_limited"
+
+
+def _error_class(status_code: int, code: str | None) -> type[ModelhostAPIError]:
+    # By code too: an error event inside a stream that had begun carries the status 200.
+    if status_code == 402 or code == SPENDING_LIMIT_CODE:
+        return ModelhostSpendingLimitError
+    if status_code == 429 or code == RATE_LIMIT_CODE:
+        return ModelhostRateLimitError
+    return ModelhostAPIError
 
 
 class ModelhostConnectionError(ModelhostError):
@@ -108,7 +144,8 @@ def error_from_payload(
         if isinstance(err, dict):
             param = err.get("param")
             code = err.get("code")
-            return ModelhostAPIError(
+            cls = _error_class(status_code, str(code) if code is not None else None)
+            return cls(
                 status_code,
                 str(code) if code is not None else None,
                 str(err.get("message") or "unknown error"),
@@ -119,7 +156,8 @@ def error_from_payload(
             )
         if isinstance(err, str):
             etype = payload.get("error_type")
-            return ModelhostAPIError(
+            cls = _error_class(status_code, str(etype) if etype else None)
+            return cls(
                 status_code,
                 str(etype) if etype else None,
                 err,
@@ -129,21 +167,40 @@ def error_from_payload(
             )
         if "detail" in payload:
             message, param = _detail_message(payload["detail"])
-            return ModelhostAPIError(
+            return _error_class(status_code, None)(
                 status_code, None, message, param, retry_after=retry_after, in_stream=in_stream
             )
-    return ModelhostAPIError(
+    return _error_class(status_code, None)(
         status_code, None, json.dumps(payload)[:500], retry_after=retry_after, in_stream=in_stream
     )
 
 
+def _int_header(response: httpx.Response, name: str) -> int | None:
+    raw = response.headers.get(name)
+    try:
+        return int(raw) if raw is not None else None
+    except ValueError:
+        return None
+
+
 def error_from_response(response: httpx.Response) -> ModelhostAPIError:
     """Build the exception from a non-2xx response whose body has been read."""
+    error = _error_from_body(response)
+    if isinstance(error, ModelhostRateLimitError):
+        error.limit_requests = _int_header(response, "x-ratelimit-limit-requests")
+        error.remaining_requests = _int_header(response, "x-ratelimit-remaining-requests")
+        error.limit_tokens = _int_header(response, "x-ratelimit-limit-tokens")
+        error.remaining_tokens = _int_header(response, "x-ratelimit-remaining-tokens")
+    return error
+
+
+def _error_from_body(response: httpx.Response) -> ModelhostAPIError:
     retry = _retry_after(response)
     try:
         payload = response.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
         text = response.text.strip()
         message = text[:500] if text else response.reason_phrase or "error"
-        return ModelhostAPIError(response.status_code, None, message, retry_after=retry)
+        cls = _error_class(response.status_code, None)
+        return cls(response.status_code, None, message, retry_after=retry)
     return error_from_payload(payload, response.status_code, retry_after=retry)

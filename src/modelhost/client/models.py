@@ -31,6 +31,66 @@ class _Obj(BaseModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
 
+# ---- limits: rate limits (requests and tokens per minute) and per-token prices -------------
+
+
+class RateLimits(_Obj):
+    """Requests and tokens per minute (None: no limit of that kind), on a deployment (for each
+    caller other than the owner), a user (over all their requests) or an API token."""
+
+    rpm: int | None = None
+    tpm: int | None = None
+
+    def __str__(self) -> str:
+        parts = [f"{self.rpm} rpm" if self.rpm is not None else ""]
+        parts.append(f"{self.tpm} tpm" if self.tpm is not None else "")
+        return ", ".join(p for p in parts if p) or "none"
+
+
+def _refuse_float(value: Any) -> Any:
+    if isinstance(value, float):
+        raise ValueError("money must be a decimal string or a Decimal, never a float")
+    return value
+
+
+class Pricing(_Obj):
+    """Per-token prices of a deployment for callers other than the owner: USD per 1M tokens."""
+
+    usd_per_1m_prompt_tokens: Decimal
+    usd_per_1m_completion_tokens: Decimal
+
+    _no_float = field_validator(
+        "usd_per_1m_prompt_tokens", "usd_per_1m_completion_tokens", mode="before"
+    )(_refuse_float)
+
+
+class SpendAlert(_Obj):
+    """An alert sent this month: `fraction` of `limit` was reached (`spent` then)."""
+
+    fraction: float
+    at: datetime | None = None
+    spent: Decimal = Decimal(0)
+    limit: Decimal = Decimal(0)
+
+
+class SpendingLimit(_Obj):
+    """A user's monthly spending limit and this month's spend (money as `Decimal`).
+
+    `usd_per_month` is the user's own limit, `max_usd_per_month` an admin's cap on it (None:
+    none) and `effective_usd_per_month` the one enforced (the lower; None: no limit). When
+    `reached`, inference and deployment starts are refused (402) and deployments stop."""
+
+    usd_per_month: Decimal | None = None
+    max_usd_per_month: Decimal | None = None
+    effective_usd_per_month: Decimal | None = None
+    alert_at: list[float] = Field(default_factory=list)
+    month: str = ""
+    spent: Decimal = Decimal(0)
+    remaining: Decimal | None = None
+    reached: bool = False
+    alerts: list[SpendAlert] = Field(default_factory=list)
+
+
 class Me(_Obj):
     username: str
     is_admin: bool = False
@@ -44,6 +104,7 @@ class User(_Obj):
     gpu_limit: int | None = None
     gpus_reserved: int | None = None
     created_at: datetime | None = None
+    rate_limits: RateLimits | None = None
 
 
 class CreatedUser(_Obj):
@@ -62,6 +123,7 @@ class ApiToken(_Obj):
     prefix: str | None = None
     created_at: datetime | None = None
     last_used_at: datetime | None = None
+    rate_limits: RateLimits | None = None
 
 
 class Instances(_Obj):
@@ -82,6 +144,10 @@ class Deployment(_Obj):
     instances: Instances = Field(default_factory=Instances)
     config: dict[str, Any] = Field(default_factory=dict)
     settings: dict[str, Any] = Field(default_factory=dict)
+    public: bool = False
+    # Charged to, and limiting, callers other than the owner; None when the server sent none.
+    pricing: Pricing | None = None
+    rate_limits: RateLimits | None = None
 
     @property
     def pending_reason(self) -> str | None:

@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     # At most 25 s: a loop that passes less often than /readyz's stall limit (30 s) reads as
     # stalled.
     metering_interval_s: float = Field(default=10.0, gt=0, le=25.0)
+    # How often the metric history (GET /v1/deployments/{id}/metrics) samples replicas and
+    # writes what the gateway counted; at most 25 s for the same reason.
+    metric_sample_interval_s: float = Field(default=10.0, gt=0, le=25.0)
     # Gateway.
     request_timeout_s: float = 600.0
     # Queue per deployment, as a multiple of (replicas * max_batch_size); at least queue_min.
@@ -97,6 +100,14 @@ class Settings(BaseSettings):
     queue_min: int = 64
     # A request for a deployment with no ready replica waits this long for one.
     cold_start_timeout_s: float = 300.0
+    # Rate-limit counts and the spending ledger shared by several gateway processes, e.g.
+    # "redis://127.0.0.1:6379/0"; None: kept in this process.
+    redis_url: str | None = None
+    # The prefix of every Redis key this server writes: servers sharing counts use the same
+    # one; separate installations on one Redis use different ones.
+    redis_key_prefix: str = "modelhost:"
+    # Spending alerts (and limit reached) are also POSTed here as JSON when set.
+    alert_webhook: str | None = None
     # The largest request body any route reads (413 `payload_too_large` beyond it).
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1)
     # Replicas.

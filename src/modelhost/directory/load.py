@@ -16,6 +16,8 @@ from modelhost.directory.snapshot import (
     UserRow,
 )
 from modelhost.domain.deployment_config import pricing_from_json
+from modelhost.domain.rate_limits import RateLimits
+from modelhost.domain.spending import SpendingLimit
 from modelhost.store import revision
 from modelhost.store.db import Database
 from modelhost.store.tables import Adapter, ApiToken, Deployment, User
@@ -25,17 +27,38 @@ def load(db: Database) -> Snapshot:
     with db.session() as s:
         rev = revision.read(s)
         users = [
-            UserRow(id, username, bool(admin), int(limit), deleted_at is not None)
-            for id, username, admin, limit, deleted_at in s.execute(
-                select(User.id, User.username, User.is_admin, User.gpu_limit, User.deleted_at)
+            UserRow(
+                row.id,
+                row.username,
+                bool(row.is_admin),
+                int(row.gpu_limit),
+                row.deleted_at is not None,
+                RateLimits.from_json(row.rate_limits),
+                SpendingLimit(row.spend_limit_micros, row.spend_cap_micros).effective_micros,
+            )
+            for row in s.execute(
+                select(
+                    User.id,
+                    User.username,
+                    User.is_admin,
+                    User.gpu_limit,
+                    User.deleted_at,
+                    User.rate_limits,
+                    User.spend_limit_micros,
+                    User.spend_cap_micros,
+                )
             )
         ]
         names = {u.id: u.username for u in users}
         tokens = [
-            TokenRow(token_hash, id, user_id, last_used_at)
-            for token_hash, id, user_id, last_used_at in s.execute(
+            TokenRow(token_hash, id, user_id, last_used_at, RateLimits.from_json(limits))
+            for token_hash, id, user_id, last_used_at, limits in s.execute(
                 select(
-                    ApiToken.token_hash, ApiToken.id, ApiToken.user_id, ApiToken.last_used_at
+                    ApiToken.token_hash,
+                    ApiToken.id,
+                    ApiToken.user_id,
+                    ApiToken.last_used_at,
+                    ApiToken.rate_limits,
                 ).where(ApiToken.revoked_at.is_(None))
             )
         ]
@@ -52,6 +75,7 @@ def load(db: Database) -> Snapshot:
                 pending_reason=row.pending_reason,
                 created_at=row.created_at,
                 pricing=pricing_from_json((row.config or {}).get("pricing")),
+                rate_limits=RateLimits.from_json((row.config or {}).get("rate_limits")),
             )
             for row in s.execute(
                 select(

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from modelhost.domain.deployment_config import TokenPricing
+from modelhost.domain.rate_limits import RateLimits
 from modelhost.store.users import Principal
 
 
@@ -22,6 +23,9 @@ class UserRow:
     is_admin: bool
     gpu_limit: int
     deleted: bool
+    rate_limits: RateLimits | None = None
+    # The enforced monthly spending limit (the lower of the user's and the admin's cap).
+    spend_limit_micros: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +34,7 @@ class TokenRow:
     id: str
     user_id: int
     last_used_at: datetime | None
+    rate_limits: RateLimits | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +53,8 @@ class DeploymentEntry:
     created_at: datetime
     # Per-token prices for callers other than the owner (the config's `pricing`), or None.
     pricing: TokenPricing | None = None
+    # Rate limits for callers other than the owner (the config's `rate_limits`), or None.
+    rate_limits: RateLimits | None = None
 
     @property
     def full_name(self) -> str:
@@ -87,7 +94,15 @@ class Snapshot:
             user = live.get(t.user_id)
             if user is not None:
                 self._principals[t.token_hash] = Principal(
-                    user.id, user.username, user.is_admin, user.gpu_limit, t.id, t.last_used_at
+                    user.id,
+                    user.username,
+                    user.is_admin,
+                    user.gpu_limit,
+                    t.id,
+                    t.last_used_at,
+                    rate_limits=user.rate_limits,
+                    token_rate_limits=t.rate_limits,
+                    spend_limit_micros=user.spend_limit_micros,
                 )
         self._deployments: dict[str, DeploymentEntry] = {d.id: d for d in deployments}
         # By name only under an owner that is not deleted (as the store's find_by_name).

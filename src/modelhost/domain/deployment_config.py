@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from modelhost.domain.deployments import DEFAULT_MAX_ACTIVE_ADAPTERS, QuotaItem
+from modelhost.domain.rate_limits import RateLimits
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,9 @@ class DeploymentConfig:
     # Per-token prices for callers other than the owner; None: no token charge. Not part of
     # what replicas run: a change is no new generation.
     pricing: TokenPricing | None = None
+    # Rate limits for callers other than the owner; billing-like: applies live, no new
+    # generation.
+    rate_limits: RateLimits | None = None
 
     def quota_item(self, max_instances: int) -> QuotaItem:
         """What this deployment reserves of its owner's GPU quota at `max_instances`."""
@@ -106,6 +110,7 @@ class DeploymentConfig:
             max_active_adapters=int(raw.get("max_active_adapters", DEFAULT_MAX_ACTIVE_ADAPTERS)),
             quantization=str(quant) if (quant := raw.get("quantization")) is not None else None,
             pricing=pricing_from_json(raw.get("pricing")),
+            rate_limits=RateLimits.from_json(raw.get("rate_limits")),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -123,6 +128,8 @@ class DeploymentConfig:
         }
         if self.pricing is not None:  # absent when none: older rows read the same
             out["pricing"] = self.pricing.to_json()
+        if self.rate_limits is not None:
+            out["rate_limits"] = self.rate_limits.to_json()
         return out
 
 

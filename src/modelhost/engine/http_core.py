@@ -24,7 +24,7 @@ from typing import Protocol
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from modelhost.engine.metrics import EngineMetrics
+from modelhost.engine.metrics import BusyClock, EngineMetrics
 from modelhost.engine.protocol import (
     ContextLengthExceeded,
     GenerationRequest,
@@ -97,6 +97,7 @@ class EngineState:
     engine_name: str
     created: int = field(default_factory=lambda: int(time.time()))
     in_flight: int = 0
+    busy: BusyClock = field(default_factory=BusyClock)
 
     def check_available(self) -> None:
         if not self.generator.ready:
@@ -214,10 +215,12 @@ class GenerationResponse(Response):
             await send_error(send, renderer, err)
             return
         state.in_flight += 1
+        state.busy.enter()
         try:
             await self._generate(send)
         finally:
             state.in_flight -= 1
+            state.busy.leave()
 
     async def _generate(self, send: Send) -> None:
         state, renderer = self._state, self._renderer

@@ -9,6 +9,7 @@ counters (`lorax_request_count_total`).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -19,6 +20,38 @@ from modelhost.engine.protocol import EngineStats
 _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 _PER_TOKEN_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 _TOKENS = (1, 4, 16, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
+
+
+class BusyClock:
+    """How long the engine has been busy: seconds during which at least one generation request
+    was admitted and not yet answered (running, or waiting the instant before its batch slot),
+    and seconds since it started, both from one monotonic clock. /stats reports the pair
+    (`busy_s`, `uptime_s`); the control plane divides the growth of the one by the growth of
+    the other between two readings, which is the engine's busy fraction over that interval
+    (its GPU utilisation where no NVML reading exists: CPUs, virtual GPUs)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._born = clock()
+        self._active = 0
+        self._since = 0.0
+        self._busy = 0.0
+
+    def enter(self) -> None:
+        if self._active == 0:
+            self._since = self._clock()
+        self._active += 1
+
+    def leave(self) -> None:
+        self._active = max(self._active - 1, 0)
+        if self._active == 0:
+            self._busy += self._clock() - self._since
+
+    def read(self) -> tuple[float, float]:
+        """(busy seconds, uptime seconds) now."""
+        now = self._clock()
+        busy = self._busy + (now - self._since if self._active else 0.0)
+        return busy, now - self._born
 
 
 class _GeneratorGauges:

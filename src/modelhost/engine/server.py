@@ -114,11 +114,14 @@ def create_app(
     @app.get("/stats")
     async def stats() -> dict[str, Any]:
         s = generator.stats()
+        busy_s, uptime_s = state.busy.read()
         return {
             "running": s.running,
             "waiting": s.waiting,
             "max_batch_size": s.max_batch_size,
             "adapters_resident": sum(1 for a in s.adapters if a.resident),
+            "busy_s": busy_s,
+            "uptime_s": uptime_s,
             **s.runtime,
         }
 

@@ -92,6 +92,8 @@ class ForwardResult:
     cold: bool = False
     queued_s: float = 0.0
     first_byte_s: float | None = None
+    # From arrival to the answer's last byte (queue time included); None when not answered.
+    total_s: float | None = None
     replica_id: str | None = None
     # The engine's token counts, when it reported them (usage_meter.py).
     tokens: Tokens | None = None
@@ -276,7 +278,8 @@ async def forward(
 
         def end(status: int) -> None:
             result.status = status
-            result.tokens = usage.tokens
+            result.total_s = time.monotonic() - started
+            result.tokens = usage.billable()
             pool.release(lease)
             on_done(result)
 
@@ -307,7 +310,7 @@ async def forward(
         finally:
             pool.release(lease)
             result.status = upstream.status_code
-            result.first_byte_s = time.monotonic() - started
+            result.first_byte_s = result.total_s = time.monotonic() - started
             if data is not None and result.status == 200:
                 result.tokens = from_answer(data, upstream.headers)
             on_done(result)

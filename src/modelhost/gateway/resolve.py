@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from modelhost.directory.snapshot import AdapterEntry, DeploymentEntry, Snapshot
 from modelhost.domain.access import may_use
 from modelhost.domain.deployment_config import TokenPricing
+from modelhost.domain.rate_limits import RateLimits
 from modelhost.errors import NotFound
 from modelhost.store.users import Principal
 
@@ -33,6 +34,8 @@ class Target:
     # `pricing` (None: no token charge).
     owner_id: int | None = None
     pricing: TokenPricing | None = None
+    # Rate limits for callers other than the owner.
+    rate_limits: RateLimits | None = None
 
 
 def model_not_found(model: str) -> NotFound:
@@ -67,6 +70,7 @@ def _target(dep: DeploymentEntry) -> Target:
         pending_reason=dep.pending_reason,
         owner_id=dep.owner_id,
         pricing=dep.pricing,
+        rate_limits=dep.rate_limits,
     )
 
 
@@ -86,6 +90,7 @@ def _adapter_target(snap: Snapshot, who: Principal, username: str, name: str) ->
         pending_reason=base.pending_reason,
         owner_id=base.owner_id,
         pricing=base.pricing,
+        rate_limits=base.rate_limits,
         adapter_id=adapter.id,
         adapter_name=f"{username}/{name}",
     )

@@ -31,7 +31,7 @@ from modelhost.gateway.context import GatewayServices
 from modelhost.gateway.core import Gateway
 from modelhost.gateway.drain import shutting_down
 from modelhost.gateway.lorax_bridge import is_lorax_path, lorax_call
-from modelhost.gateway.proxy import ClientGone, Upstream, forward
+from modelhost.gateway.proxy import ClientGone, ForwardResult, Upstream, forward
 from modelhost.gateway.resolve import (
     Target,
     adapter_not_found,
@@ -152,6 +152,8 @@ async def _proxy(
         raise InvalidRequest("the request body is nested too deeply") from None
     # The parsed request goes along too: a replica whose engine has no LoRAX routes, or loads
     # adapters only through the gateway (vLLM), gets it translated (see proxy.py).
+    # The caller's limits: its maximum cost reserved, its rate limits counted (402 / 429).
+    admission = await gateway.caller_limits.admit(who, target, body, len(encoded), request_id)
     up = Upstream(
         path=path,
         body=encoded,
@@ -162,17 +164,31 @@ async def _proxy(
         openai=None if is_lorax_path(path) else body,
         drop_usage_chunk=drop_usage_chunk,
     )
-    return await forward(
-        request,
-        gateway.upstream,
-        gateway.pool(target.deploy_id),
-        up,
-        style,
-        gateway.settings.request_timeout_s,
-        gateway.drain,
-        lambda result: gateway.record(target, result, who, request_id),
-        gateway.admin,
-    )
+
+    def done(result: ForwardResult) -> None:
+        admission.finish(result.tokens, gateway.record(target, result, who, request_id))
+
+    try:
+        response = await forward(
+            request,
+            gateway.upstream,
+            gateway.pool(target.deploy_id),
+            up,
+            style,
+            gateway.settings.request_timeout_s,
+            gateway.drain,
+            done,
+            gateway.admin,
+        )
+    except BaseException as exc:
+        # Never reached a replica, or failed: the reservation goes back (a no-op when the
+        # completion callback settled it already).
+        admission.finish(None, 0)
+        if isinstance(exc, ServiceError):
+            exc.headers = {**admission.headers, **exc.headers}
+        raise
+    response.headers.update(admission.headers)
+    return response
 
 
 async def _openai(request: Request, path: str) -> Response:

@@ -132,12 +132,21 @@ def _is_usage_chunk(obj: object) -> bool:
 class StreamUsage:
     """Watches a stream's events as they go to the client: `feed` each chunk (it returns what
     to send on), `end()` at the end (what is left to send). `tokens` holds the counts once an
-    event carried them."""
+    event carried them; `billable()` is what to bill when the stream ended without them."""
 
     def __init__(self, drop_usage_chunk: bool = False) -> None:
         self.drop_usage_chunk = drop_usage_chunk
         self.tokens: Tokens | None = None
+        # Events that carried generated text, not counts: the engines send one per token.
+        self.sent_events = 0
         self._buf = b""
+
+    def billable(self) -> Tokens | None:
+        """The engine's counts; for a stream cut before they came (the client left), the
+        completion tokens it was sent, one per event (the prompt's count never came)."""
+        if self.tokens is not None:
+            return self.tokens
+        return Tokens(0, self.sent_events) if self.sent_events else None
 
     def feed(self, chunk: bytes) -> bytes:
         buf = self._buf + chunk if self._buf else chunk
@@ -164,6 +173,8 @@ class StreamUsage:
     def _observe(self, event: bytes) -> bool:
         """Note the counts an event carries; True when it is a usage chunk to drop."""
         if _MAY_COUNT.search(event) is None:
+            if b"data:" in event and b"[DONE]" not in event:
+                self.sent_events += 1
             return False
         data = _event_data(event)
         if data is None or data == b"[DONE]":

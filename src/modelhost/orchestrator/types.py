@@ -46,6 +46,10 @@ class ReplicaObservation:
     running: int | None = None
     waiting: int | None = None
     kv_cache_usage: float | None = None  # 0..1, where the engine reports it (vLLM)
+    # The engine's busy clock, where it has one (builtin, simulator): seconds with a request
+    # in flight and seconds since start (the metric sampler's busy fraction).
+    busy_s: float | None = None
+    uptime_s: float | None = None
     log_path: str | None = None
 
     @property

@@ -37,12 +37,30 @@ def engine_command(
     engine: str, launch: LaunchSpec, port: int, devices: Sequence[Device]
 ) -> list[str]:
     """`python -m modelhost.engine ...` with the common flags, then the deployment's own."""
+    return module_command("modelhost.engine", launch, port, devices, lead=["--engine", engine])
+
+
+def module_command(
+    module: str,
+    launch: LaunchSpec,
+    port: int,
+    devices: Sequence[Device],
+    *,
+    lead: Sequence[str] = (),
+    one_weights_source: bool = False,
+    device_flags: Sequence[str] = (),
+) -> list[str]:
+    """`python -m <module> <lead> ...` with modelhost's common engine flags (address, served
+    name, batch size, weights, device), then `device_flags`, then the deployment's own args.
+
+    `one_weights_source` passes only one of the weights (the local path, preferred over the
+    Hugging Face repo) for engines that take a single source.
+    """
     cmd = [
         sys.executable,
         "-m",
-        "modelhost.engine",
-        "--engine",
-        engine,
+        module,
+        *lead,
         "--host",
         "127.0.0.1",
         "--port",
@@ -54,11 +72,12 @@ def engine_command(
     ]
     if launch.weights_local:
         cmd += ["--weights-local", launch.weights_local]
-    if launch.weights_hf_repo:
+    if launch.weights_hf_repo and not (one_weights_source and launch.weights_local):
         cmd += ["--weights-hf-repo", launch.weights_hf_repo]
         if launch.weights_hf_revision:
             cmd += ["--weights-hf-revision", launch.weights_hf_revision]
     cmd += ["--device", torch_device(devices)]
+    cmd += device_flags
     cmd += list(launch.engine_args)
     return cmd
 

@@ -11,11 +11,10 @@ vLLM tensor parallelism over all of them; virtual GPUs and CPU slots run vLLM on
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Sequence
 
 from modelhost.domain.replicas import Device, LaunchSpec
-from modelhost.runtimes.base import RuntimeConfigError, base_env, torch_device
+from modelhost.runtimes.base import RuntimeConfigError, base_env, module_command
 
 LAUNCHER_MODULE = "modelhost.engine.vllm_launch"
 VLLM_PYTHON_FLAG = "--vllm-python"
@@ -61,30 +60,14 @@ class VllmRuntime:
                 NOT_INSTALLED.format(why=f"{python} is not an executable interpreter")
             )
         real = [d for d in devices if not d.virtual]
-        cmd = [
-            sys.executable,
-            "-m",
+        return module_command(
             LAUNCHER_MODULE,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--served-model-name",
-            launch.served_model_name,
-            "--max-batch-size",
-            str(launch.max_batch_size),
-        ]
-        if launch.weights_local:
-            cmd += ["--weights-local", launch.weights_local]
-        elif launch.weights_hf_repo:
-            cmd += ["--weights-hf-repo", launch.weights_hf_repo]
-            if launch.weights_hf_revision:
-                cmd += ["--weights-hf-revision", launch.weights_hf_revision]
-        cmd += ["--device", torch_device(devices)]
-        if real:
-            cmd += ["--num-gpus", str(len(real))]
-        cmd += list(launch.engine_args)
-        return cmd
+            launch,
+            port,
+            devices,
+            one_weights_source=True,
+            device_flags=["--num-gpus", str(len(real))] if real else [],
+        )
 
     def env(self, launch: LaunchSpec, devices: Sequence[Device]) -> dict[str, str]:
         env = base_env(launch, devices)

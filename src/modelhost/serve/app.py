@@ -13,17 +13,27 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from redis import asyncio as aioredis
 from starlette.routing import Route
 
 from modelhost import __version__
-from modelhost.api import routes_adapters, routes_deploy, routes_observe, routes_usage, routes_users
+from modelhost.api import (
+    routes_adapters,
+    routes_deploy,
+    routes_limits,
+    routes_observe,
+    routes_usage,
+    routes_users,
+)
 from modelhost.api.deps import ApiServices
 from modelhost.config import Settings
 from modelhost.errors import Forbidden
+from modelhost.gateway import redis_limits
 from modelhost.gateway import routes as gateway_routes
 from modelhost.gateway.context import GatewayServices
 from modelhost.gateway.core import Gateway
 from modelhost.gateway.fast_path import GatewayFastPath
+from modelhost.gateway.limits import Limits
 from modelhost.orchestrator.backends.base import Backend
 from modelhost.security.auth_throttle import AuthThrottle
 from modelhost.security.file_modes import secure_data_dir
@@ -39,6 +49,22 @@ log = logging.getLogger(__name__)
 
 # /readyz waits this long for the database before it answers without it.
 READYZ_PING_TIMEOUT_S = 1.0
+
+
+def shared_limits(gateway: Gateway, settings: Settings) -> aioredis.Redis | None:
+    """With MODELHOST_REDIS_URL, the gateway's rate-limit counts and spending ledger live in
+    Redis, shared with every other server process that names it."""
+    if not settings.redis_url:
+        return None
+    client = redis_limits.connect(settings.redis_url)
+    # A reservation outlives any request that could still be running, then is dropped.
+    ttl = settings.request_timeout_s + settings.cold_start_timeout_s + 60
+    prefix = settings.redis_key_prefix
+    gateway.caller_limits = Limits(
+        redis_limits.RedisRateCounter(client, prefix),
+        redis_limits.RedisSpendBook(client, prefix, ttl),
+    )
+    return client
 
 
 class StorePing:
@@ -72,12 +98,21 @@ def create_app(
     registry = CollectorRegistry()
     loops = ControlLoops(services, registry, backend)
     gateway = Gateway(settings, loops.on_demand, registry)
+    redis = shared_limits(gateway, settings)
     loops.attach_gateway(gateway)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services.bind_loop(asyncio.get_running_loop())
         services.directory.start()
+        limits = gateway.caller_limits
+        try:
+            # The ledger's figures before the first request (the database may be down: then
+            # the refresher keeps trying).
+            await asyncio.wait_for(limits.refresh(services.db), READYZ_PING_TIMEOUT_S * 5)
+        except Exception:
+            log.warning("spending figures not read at start; retrying in the background")
+        refresher = asyncio.create_task(limits.run(services.db))
         await loops.start()
         # What start-up built lives as long as the process: keep it out of the collector's full
         # passes, which otherwise pause every request in flight (~60 ms each, ~130k objects).
@@ -86,7 +121,12 @@ def create_app(
             yield
         finally:
             await loops.stop()
+            refresher.cancel()
+            await asyncio.gather(refresher, return_exceptions=True)
+            await limits.drain()
             await gateway.close()
+            if redis is not None:
+                await redis.aclose()
             await services.directory.stop()
             await asyncio.to_thread(services.token_usage.close)
             services.db.close()
@@ -115,6 +155,7 @@ def create_app(
     app.include_router(routes_deploy.router)
     app.include_router(routes_adapters.router)
     app.include_router(routes_usage.router)
+    app.include_router(routes_limits.router)
     app.include_router(gateway_routes.router)
 
     @app.get("/healthz", include_in_schema=False)

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from modelhost.adapters.files import adapters_root
 from modelhost.autoscaler.loop import Autoscaler
+from modelhost.directory.metric_labels import DeploymentNames
 from modelhost.gateway.core import Gateway
 from modelhost.orchestrator.backends.base import Backend
 from modelhost.orchestrator.ports import SystemClock
@@ -25,7 +26,14 @@ from modelhost.orchestrator.store_adapter import SqlDesiredState
 from modelhost.orchestrator.types import RestartPolicy
 from modelhost.serve.autoscale_glue import AutoscaleGlue, monotonic_now
 from modelhost.serve.gpu_meter import GpuMeter
+from modelhost.serve.metric_sampler import (
+    MetricSampler,
+    RequestTally,
+    UtilizationCollector,
+    cuda_indexes,
+)
 from modelhost.serve.services import Services
+from modelhost.serve.spend_enforcer import SpendEnforcer
 from modelhost.store import deployments as store
 from modelhost.store.metering import RequestUsageLog
 from modelhost.store.tables import Deployment
@@ -76,14 +84,33 @@ class ControlLoops:
             services.db, services.settings, self.backend.observe, registry=registry
         )
         self.request_usage = RequestUsageLog(services.db)
-        registry.register(
-            ReplicaCollector(lambda: self.reconciler.last_observed if self.reconciler else [])
+        self.spend_enforcer = SpendEnforcer(
+            services.db, services.notify, webhook=services.settings.alert_webhook
         )
+        # Metric history (issue 13): the gateway's requests and the replicas' gauges.
+        self.request_tally = RequestTally()
+        self.metric_sampler = MetricSampler(
+            services.db,
+            self.request_tally,
+            self.backend.observe,
+            cuda_indexes(services.inventory),
+        )
+        # /metrics names each deployment by its owner and `<owner>/<model_name>` too.
+        self.deployment_names = DeploymentNames(lambda: services.directory.snapshot)
+        registry.register(
+            ReplicaCollector(
+                lambda: self.reconciler.last_observed if self.reconciler else [],
+                self.deployment_names,
+            )
+        )
+        registry.register(UtilizationCollector(self.metric_sampler, self.deployment_names))
 
     def attach_gateway(self, gateway: Gateway) -> None:
         services, s = self.services, self.services.settings
         self._gateway = gateway
         gateway.usage_sink = self.request_usage.record
+        gateway.history_sink = self.request_tally.add
+        gateway.deployment_names = self.deployment_names
         self.reconciler = Reconciler(
             backend=self.backend,
             routing=gateway,
@@ -126,6 +153,16 @@ class ControlLoops:
             await asyncio.to_thread(self.gpu_meter.run_once)
 
         self._spawn("gpu-meter", meter, s.metering_interval_s)
+
+        async def spending() -> None:
+            await asyncio.to_thread(self.spend_enforcer.run_once)
+
+        self._spawn("spending", spending, s.reconcile_interval_s)
+
+        async def history() -> None:
+            await asyncio.to_thread(self.metric_sampler.run_once)
+
+        self._spawn("metric-history", history, s.metric_sample_interval_s)
 
     def _spawn(
         self, name: str, fn: Callable[[], Awaitable[None]], interval: float, wake: bool = False
@@ -170,6 +207,11 @@ class ControlLoops:
                 await asyncio.to_thread(self.gpu_meter.run_once)
             except Exception:
                 log.exception("the final GPU metering pass failed")
+        if self._last_pass.get("metric-history") is not None:
+            try:  # what the gateway counted since the last pass; the replicas are gone
+                await asyncio.to_thread(self.metric_sampler.run_once, False)
+            except Exception:
+                log.exception("the final metric history pass failed")
         if self.reconciler is not None:
             await asyncio.to_thread(self.reconciler.close)
         await asyncio.to_thread(self._demand.close)

@@ -13,7 +13,7 @@ A replica that exits is usually seen once as stopped or failed with its `exited_
 reconciler forgets it; if it vanished between two passes, its exit time is read from the
 `replicas` table (the reconciler records it), else it is billed up to the last pass.
 
-With a registry, `modelhost_gpu_cost_usd_total{user, deployment, gpu}` (and
+With a registry, `modelhost_gpu_cost_usd_total{user, deployment, model_name, gpu}` (and
 `modelhost_gpu_seconds_total`) count what this process's passes added: from where this meter
 last wrote a replica, or from its start when it started after this meter did. A replica adopted
 after a restart is counted from this meter's first pass on (what went before is already in the
@@ -44,7 +44,7 @@ from modelhost.store.metering import (
     replica_exits,
     upsert_gpu_periods,
 )
-from modelhost.store.tables import User
+from modelhost.store.tables import Deployment, User
 
 log = logging.getLogger(__name__)
 
@@ -79,13 +79,13 @@ class GpuMeter:
             self._gpu_seconds = Counter(
                 "modelhost_gpu_seconds",
                 "GPU-seconds (seconds x num_gpus) metered by this process, by owner and deployment",
-                ["user", "deployment", "gpu"],
+                ["user", "deployment", "model_name", "gpu"],
                 registry=registry,
             )
             self._gpu_cost = Counter(
                 "modelhost_gpu_cost_usd",
                 "GPU time charged (USD; display only, the books are gpu_usage in micros)",
-                ["user", "deployment", "gpu"],
+                ["user", "deployment", "model_name", "gpu"],
                 registry=registry,
             )
 
@@ -144,7 +144,8 @@ class GpuMeter:
                 if since is not None and end > since:
                     added.append((dep, (end - since) * num_gpus, price))
             upsert_gpu_periods(s, rows)
-            names = self._usernames(s, {dep.user_id for dep, _, _ in added})
+            names = self._names(s, {dep.user_id for dep, _, _ in added})
+            models = self._model_names(s, {dep.deploy_id for dep, _, _ in added})
         # Committed: remember how far each replica is written.
         for rid, (deploy_id, start, end, devices, ended) in spans.items():
             if ended:
@@ -154,21 +155,34 @@ class GpuMeter:
             else:
                 self._open[rid] = (deploy_id, start, devices, end)
         self.rows_written += len(rows)
-        self._count(added, names)
+        self._count(added, names, models)
         return len(rows)
 
-    def _usernames(self, s: Session, user_ids: set[int]) -> dict[int, str]:
+    def _names(self, s: Session, user_ids: set[int]) -> dict[int, str]:
         if self._gpu_cost is None or not user_ids:
             return {}
         rows = s.execute(select(User.id, User.username).where(User.id.in_(user_ids)))
         return {id: name for id, name in rows}
 
+    def _model_names(self, s: Session, deploy_ids: set[str]) -> dict[str, str]:
+        """deploy_id -> its model_name (deleted ones too: a replica may outlive its row)."""
+        if self._gpu_cost is None or not deploy_ids:
+            return {}
+        q = select(Deployment.id, Deployment.model_name).where(Deployment.id.in_(deploy_ids))
+        return {id: name for id, name in s.execute(q)}
+
     def _count(
-        self, added: list[tuple[MeteredDeployment, int, int]], names: dict[int, str]
+        self,
+        added: list[tuple[MeteredDeployment, int, int]],
+        names: dict[int, str],
+        models: dict[str, str],
     ) -> None:
         if self._gpu_seconds is None or self._gpu_cost is None:
             return
         for dep, gpu_ms, price in added:
-            labels = (names.get(dep.user_id, str(dep.user_id)), dep.deploy_id, dep.gpu_type)
+            user = names.get(dep.user_id, str(dep.user_id))
+            model = models.get(dep.deploy_id)
+            model_name = f"{user}/{model}" if model is not None else ""
+            labels = (user, dep.deploy_id, model_name, dep.gpu_type)
             self._gpu_seconds.labels(*labels).inc(gpu_ms / 1000)
             self._gpu_cost.labels(*labels).inc(gpu_cost_micros(gpu_ms, price) / MICROS_PER_USD)

@@ -48,6 +48,12 @@ class User(Base):
     gpu_limit: Mapped[int] = mapped_column(Integer, default=4)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # domain.rate_limits.RateLimits as JSON (set by an admin), or None.
+    rate_limits: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # The monthly spending limit (the user's own word) and an admin's cap on it, in micros.
+    spend_limit_micros: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    spend_cap_micros: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    spend_alert_at: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class ApiToken(Base):
@@ -62,6 +68,8 @@ class ApiToken(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # This token's own rate limits (domain.rate_limits.RateLimits as JSON), or None.
+    rate_limits: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class Deployment(Base):
@@ -102,6 +110,9 @@ class Deployment(Base):
     instances_running: Mapped[int] = mapped_column(Integer, default=0)
     instances_pending: Mapped[int] = mapped_column(Integer, default=0)
     pending_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # "spending_limit" when the owner's spending limit stopped it (started again when the
+    # limit is raised or the month turns); None when the owner's own word decides.
+    stopped_by: Mapped[str | None] = mapped_column(String(32), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
@@ -187,6 +198,23 @@ class DirectoryRevision(Base):
     value: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
+class SpendAlert(Base):
+    """A spending alert sent: one per user, month and fraction of the limit."""
+
+    __tablename__ = "spend_alerts"
+    __table_args__ = (
+        UniqueConstraint("user_id", "month", "fraction", name="uq_spend_alerts_once"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    month: Mapped[str] = mapped_column(String(7))  # "2026-11"
+    fraction: Mapped[str] = mapped_column(String(16))  # as written: "0.8"
+    spent_micros: Mapped[int] = mapped_column(BigInteger)
+    limit_micros: Mapped[int] = mapped_column(BigInteger)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class GpuUsage(Base):
     """GPU time of one replica in one period (aligned to the UTC minute): written by the GPU
     meter (serve/gpu_meter.py), rewritten only upward, so re-metering never double-counts."""
@@ -227,3 +255,37 @@ class RequestUsage(Base):
     prompt_tokens: Mapped[int] = mapped_column(Integer)
     completion_tokens: Mapped[int] = mapped_column(Integer)
     cost_micros: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class MetricHistory(Base):
+    """One deployment's (adapter_id "") or one adapter's health in one time bucket of one
+    resolution (domain/metric_history.py: every column adds up, so samples and processes
+    merge into a row by adding). Written by the metric sampler (serve/metric_sampler.py), 10 s
+    rows kept 6 h and 1 min rows kept 7 days; read by GET /v1/deployments/{id}/metrics."""
+
+    __tablename__ = "metric_history"
+    __table_args__ = (
+        UniqueConstraint(
+            "deploy_id", "adapter_id", "resolution_s", "bucket_start", name="uq_metric_history"
+        ),
+        Index("ix_metric_history_expiry", "resolution_s", "bucket_start"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    deploy_id: Mapped[str] = mapped_column(String(64))
+    adapter_id: Mapped[str] = mapped_column(String(64), default="")
+    resolution_s: Mapped[int] = mapped_column(Integer)
+    bucket_start: Mapped[int] = mapped_column(BigInteger)  # epoch seconds
+    requests: Mapped[int] = mapped_column(BigInteger, default=0)
+    tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    inference_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    inference_sum_s: Mapped[float] = mapped_column(default=0.0)
+    # Sparse histogram over domain.metric_history.LATENCY_BOUNDS: {"bucket index": count}.
+    inference_hist: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    queue_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    queue_sum_s: Mapped[float] = mapped_column(default=0.0)
+    replicas_sum: Mapped[float] = mapped_column(default=0.0)
+    replica_samples: Mapped[int] = mapped_column(Integer, default=0)
+    gpu_util_sum: Mapped[float] = mapped_column(default=0.0)
+    gpu_util_samples: Mapped[int] = mapped_column(Integer, default=0)
+    gpu_source: Mapped[str | None] = mapped_column(String(16), nullable=True)

@@ -8,6 +8,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from modelhost.domain.rate_limits import RateLimits
 from modelhost.errors import Conflict, NotFound
 from modelhost.security.tokens import display_prefix, hash_token, new_id, new_token
 from modelhost.store.clock import utcnow
@@ -25,6 +26,11 @@ class Principal:
     token_id: str
     # The token's stored last_used_at, so recording this use needs no second read.
     token_last_used_at: datetime | None = None
+    # What the gateway enforces on this caller (read from the directory; None: no limit): the
+    # user's rate limits, the token's own, and the user's monthly spending limit (micros).
+    rate_limits: RateLimits | None = None
+    token_rate_limits: RateLimits | None = None
+    spend_limit_micros: int | None = None
 
 
 def get_user(s: Session, username: str) -> User:
@@ -44,7 +50,9 @@ def create_user(s: Session, username: str, gpu_limit: int, is_admin: bool = Fals
     return user
 
 
-def issue_token(s: Session, user: User, name: str) -> tuple[ApiToken, str]:
+def issue_token(
+    s: Session, user: User, name: str, rate_limits: RateLimits | None = None
+) -> tuple[ApiToken, str]:
     """Create a token; the plaintext is returned once and never stored."""
     live = s.scalar(
         select(ApiToken.id).where(
@@ -61,6 +69,7 @@ def issue_token(s: Session, user: User, name: str) -> tuple[ApiToken, str]:
         token_hash=hash_token(plaintext),
         prefix=display_prefix(plaintext),
         created_at=utcnow(),
+        rate_limits=rate_limits.to_json() if rate_limits is not None else None,
     )
     s.add(row)
     s.flush()

@@ -55,6 +55,7 @@ HTTP: dict[Kind, tuple[int, str]] = {
     Kind.TOO_LARGE: (413, "invalid_request_error"),
     Kind.VALIDATION_FAILED: (422, "invalid_request_error"),
     Kind.BUSY: (429, "rate_limit_error"),
+    Kind.PAYMENT_REQUIRED: (402, "insufficient_quota"),
     Kind.UNAVAILABLE: (503, "server_error"),
     Kind.UPSTREAM_TIMEOUT: (504, "server_error"),
     Kind.UPSTREAM_FAILED: (502, "server_error"),
@@ -137,7 +138,7 @@ def payload(exc: ServiceError, shape: Shape = "openai") -> tuple[int, dict[str, 
 def render(exc: ServiceError, shape: Shape = "openai") -> JSONResponse:
     """`exc` as a JSON response in `shape`, with `Retry-After` where it says when to retry."""
     status, body = payload(exc, shape)
-    return JSONResponse(body, status_code=status, headers=_retry_after(exc))
+    return JSONResponse(body, status_code=status, headers={**exc.headers, **_retry_after(exc)})
 
 
 def render_for_path(path: str, exc: ServiceError) -> JSONResponse:

@@ -38,6 +38,7 @@ class LoraxErrorResponse(BaseModel):
 
 DESCRIPTIONS: dict[int, str] = {
     400: "invalid inference request",
+    402: "the spending limit for this month is reached (`spending_limit_reached`)",
     401: "missing, unknown or revoked token (`invalid_api_key`)",
     403: "not allowed for this caller",
     404: "unknown, or another user's private object (`not_found`; the same answer for both)",
@@ -54,8 +55,11 @@ INFERENCE_NOTES = {
     400: "invalid inference request: not JSON, a bad or unknown parameter, over the context",
     404: "unknown model or adapter, or another user's private one (`model_not_found`)",
     413: "request body over `max_body_bytes` (`payload_too_large`)",
-    429: "the deployment's queue is full (`queue_full`), or too many failed authentications "
-    "(`auth_throttled`); both with `Retry-After`",
+    429: "the deployment's queue is full (`queue_full`), a rate limit (`rate_limited`, with "
+    "the x-ratelimit-* headers), or too many failed authentications (`auth_throttled`); all "
+    "with `Retry-After`",
+    402: "the caller's spending limit for this month is reached, or this request's maximum "
+    "cost would pass it (`spending_limit_reached`)",
 }
 
 
@@ -73,8 +77,9 @@ def errors(
 
 
 # The inference routes (OpenAI and LoRAX shapes): what the gateway and the engine answer.
-OPENAI_INFERENCE = errors(400, 404, 413, 429, 502, 503, 504, notes=INFERENCE_NOTES)
+OPENAI_INFERENCE = errors(400, 402, 404, 413, 429, 502, 503, 504, notes=INFERENCE_NOTES)
 LORAX_INFERENCE = errors(
+    402,
     404,
     413,
     422,

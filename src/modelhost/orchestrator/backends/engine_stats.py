@@ -31,6 +31,16 @@ class EngineStats:
     kv_cache_usage: float | None = None  # 0..1
     prompt_tokens: int | None = None  # since the replica started
     generation_tokens: int | None = None
+    # Our engines' busy clock (engine/metrics.py BusyClock): seconds with a request in flight,
+    # and seconds since start; the busy fraction is the growth of one over the other.
+    busy_s: float | None = None
+    uptime_s: float | None = None
+
+
+def _seconds(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if value >= 0 else None
 
 
 def parse_json_stats(body: str) -> EngineStats:
@@ -45,6 +55,8 @@ def parse_json_stats(body: str) -> EngineStats:
     return EngineStats(
         running=running if isinstance(running, int) and not isinstance(running, bool) else None,
         waiting=waiting if isinstance(waiting, int) and not isinstance(waiting, bool) else None,
+        busy_s=_seconds(data.get("busy_s")),
+        uptime_s=_seconds(data.get("uptime_s")),
     )
 
 

@@ -386,6 +386,7 @@ class LocalBackend:
             if r.state == ReplicaState.READY:
                 r.running, r.waiting = stats.running, stats.waiting
                 r.kv_cache_usage = stats.kv_cache_usage
+                r.busy_s, r.uptime_s = stats.busy_s, stats.uptime_s
 
     async def _health_statuses(self, ports: list[int]) -> list[int | None]:
         async with httpx.AsyncClient(timeout=self._probe_timeout, trust_env=False) as client:

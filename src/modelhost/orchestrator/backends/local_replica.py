@@ -45,6 +45,8 @@ class LocalReplica:
     running: int | None = None
     waiting: int | None = None
     kv_cache_usage: float | None = None
+    busy_s: float | None = None
+    uptime_s: float | None = None
     # Set once drain/stop was asked for: the exit that follows is a stop, not a failure.
     exit_requested: bool = False
     # Why the backend killed it itself (start-up timeout); reported as the fail reason.
@@ -71,6 +73,8 @@ class LocalReplica:
             running=self.running,
             waiting=self.waiting,
             kv_cache_usage=self.kv_cache_usage,
+            busy_s=self.busy_s,
+            uptime_s=self.uptime_s,
             log_path=self.log_path,
         )
 
