@@ -18,7 +18,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 DATA_DIR ?= $(HOME)/.modelhost
 
-.PHONY: install install-vllm run test lint typecheck unit e2e bench clean
+.PHONY: install install-vllm install-browser run test lint typecheck unit e2e bench clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,21 @@ install: $(VENV)/.installed
 # vLLM for CPUs, for the vllm engine on this machine and its tests (make test installs it).
 install-vllm: $(VLLM_STAMP)
 
+# Debian's Chromium for the web console's browser test (tests/e2e/test_console_browser.py, driven
+# by Playwright with executable_path; Playwright's own browser download is never used). Installed
+# only when missing; without root it says what to run and the test skips with a message.
+CHROMIUM ?= /usr/bin/chromium
+install-browser:
+	@if [ -x $(CHROMIUM) ]; then \
+		echo "chromium: $(CHROMIUM) is installed"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; }; \
+	elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then \
+		sudo apt-get install -y -q chromium || { sudo apt-get update -q && sudo apt-get install -y -q chromium; }; \
+	else \
+		echo "chromium is missing: run 'sudo apt-get install -y chromium' (the console's browser test skips until then)"; \
+	fi
+
 run: install
 	MODELHOST_DEMO=1 $(VENV)/bin/modelhost serve --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR)
 
@@ -64,7 +79,7 @@ typecheck: install
 unit: install
 	$(VENV)/bin/pytest -q tests/unit
 
-test: install install-vllm lint typecheck
+test: install install-vllm install-browser lint typecheck
 	$(VENV)/bin/pytest -q -ra --durations=15
 
 bench: install

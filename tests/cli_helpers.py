@@ -30,6 +30,11 @@ def run(env: dict[str, Any], *args: str, input: str | None = None) -> Result:
     return CliRunner().invoke(app, list(args), env=env, input=input)
 
 
+def create_simulator(env: dict[str, Any], name: str, *options: str) -> Result:
+    """`modelhost deploy create-llm --name NAME --engine simulator OPTIONS...`."""
+    return run(env, "deploy", "create-llm", "--name", name, "--engine", "simulator", *options)
+
+
 def printed_deploy_id(output: str) -> str:
     match = re.search(r"deploy id: (\S+)", output)
     assert match, output

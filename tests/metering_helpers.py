@@ -51,8 +51,10 @@ def obs(
     exited_at: float | None = None,
     devices: tuple[str, ...] = ("A100-80GB:0", "A100-80GB:1"),
     deploy_id: str = "d1",
+    busy: tuple[float, float] | None = None,
 ) -> ReplicaObservation:
-    """One replica as the meter observes it (generation 1, no port or pid)."""
+    """One replica as the meter (or the metric sampler) observes it (generation 1, no port or
+    pid); `busy`: the engine's (busy_s, uptime_s)."""
     return ReplicaObservation(
         replica_id=rid,
         deploy_id=deploy_id,
@@ -63,4 +65,6 @@ def obs(
         devices=devices,
         started_at=started_at,
         exited_at=exited_at,
+        busy_s=busy[0] if busy else None,
+        uptime_s=busy[1] if busy else None,
     )

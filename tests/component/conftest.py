@@ -23,6 +23,20 @@ class Api:
         self.client.headers.update(auth(token))
         return self.client
 
+    def create_simulator(self, token: str, **over: object) -> str:
+        """A simulator deployment `m1` (one replica; `over` changes the body); its id."""
+        body: dict[str, object] = {
+            "model_name": "m1",
+            "gpu": "CPU",
+            "max_batch_size": 4,
+            "engine": "simulator",
+            "settings": {"min_instances": 1, "max_instances": 1},
+            **over,
+        }
+        r = self.client.post("/deploy/llm", json=body, headers=auth(token))
+        assert r.status_code == 201, r.text
+        return str(r.json()["deploy_id"])
+
     def new_user(self, username: str, gpu_limit: int | None = None) -> str:
         body: dict[str, object] = {"username": username}
         if gpu_limit is not None:

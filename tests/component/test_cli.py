@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from modelhost import Client
-from tests.cli_helpers import logged_in_env, printed_deploy_id, run
+from tests.cli_helpers import create_simulator, logged_in_env, printed_deploy_id, run
 from tests.component._live_server import LiveServer
 from tests.conftest import wait_until
 
@@ -163,20 +163,8 @@ def test_create_llm_errors_are_one_line_without_traceback(cli_env: dict[str, Any
 
 def test_deploy_lifecycle(cli_env: dict[str, Any]) -> None:
     name = next(_names)
-    created = run(
-        cli_env,
-        "deploy",
-        "create-llm",
-        "--name",
-        name,
-        "--engine",
-        "simulator",
-        "--min-instances",
-        "0",
-        "--max-instances",
-        "1",
-        "--poll-interval",
-        "0.1",
+    created = create_simulator(
+        cli_env, name, "--min-instances", "0", "--max-instances", "1", "--poll-interval", "0.1"
     )
     assert created.exit_code == 0, created.output
     dep_id = printed_deploy_id(created.stdout)

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.cli_helpers import logged_in_env, printed_deploy_id, run
+from tests.cli_helpers import create_simulator, logged_in_env, printed_deploy_id, run
 from tests.component._live_server import LiveServer
 
 _names = (f"clim-{i}" for i in itertools.count())
@@ -181,14 +181,9 @@ def test_tokens_create_with_rate_limits(
 
 def test_deploy_rate_limits_and_pricing(cli_env: dict[str, Any]) -> None:
     name = next(_names)
-    created = run(
+    created = create_simulator(
         cli_env,
-        "deploy",
-        "create-llm",
-        "--name",
         name,
-        "--engine",
-        "simulator",
         "--min-instances",
         "0",
         "--public",

@@ -22,6 +22,7 @@ from modelhost.store.db import Database
 from modelhost.store.tables import Deployment, Event, GpuUsage, RequestUsage, User
 from tests.component._live_server import LiveServer, modelhost_server
 from tests.conftest import auth, wait_until
+from tests.pg import pg_url  # noqa: F401  (fixture)
 
 REDIS_URL = os.environ.get("MODELHOST_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 # Per-token prices of the shared endpoint: high, so a few requests cost a visible amount.
@@ -222,7 +223,20 @@ def _spend(db: Database, user_id: int) -> tuple[int, int]:
 
 
 def test_200_concurrent_requests_never_pass_the_spending_limit(server: LiveServer) -> None:
-    live = server
+    _hard_cap(server, _db(server))
+
+
+def test_the_hard_cap_on_postgres(tmp_path: Path, pg_url: str) -> None:  # noqa: F811
+    url = pg_url.replace("postgresql://", "postgresql+psycopg://", 1)
+    with modelhost_server(tmp_path / "data", metering_interval_s=0.5, database_url=url) as live:
+        db = Database(url)
+        try:
+            _hard_cap(live, db)
+        finally:
+            db.close()
+
+
+def _hard_cap(live: LiveServer, db: Database) -> None:
     _deploy(live, live.admin_token, "shared", public=True, pricing=PRICING)
     model = f"{_admin_name(live)}/shared"
     bob = _new_user(live, "bob")
@@ -272,7 +286,6 @@ def test_200_concurrent_requests_never_pass_the_spending_limit(server: LiveServe
         assert [r.status_code for r in later] == [402] * 5
         assert not any("x-replica" in r.headers for r in later)
 
-    db = _db(live)
     with db.session() as s:
         bob_id = int(s.scalar(select(User.id).where(User.username == "bob")) or 0)
     # Every admitted request is in the books (written off the request path).

@@ -33,23 +33,6 @@ def settings(tmp_path: Path) -> Settings:
     return make_settings(tmp_path / "data", metering_interval_s=0.2)
 
 
-def _deploy(api: Api, token: str) -> str:
-    r = api.client.post(
-        "/deploy/llm",
-        json={
-            "model_name": "m1",
-            "gpu": "A100-80GB",
-            "num_gpus": 2,
-            "max_batch_size": 8,
-            "engine": "simulator",
-            "settings": {"min_instances": 1, "max_instances": 1},
-        },
-        headers=auth(token),
-    )
-    assert r.status_code == 201, r.text
-    return str(r.json()["deploy_id"])
-
-
 def _events(text: str) -> list[Any]:
     out: list[Any] = []
     for event in text.split("\n\n"):
@@ -70,7 +53,7 @@ def test_tokens_and_gpu_time_are_metered(api: Api) -> None:
     url = db.url
     started = time.time()
     alice = api.new_user("alice", gpu_limit=4)
-    deploy_id = _deploy(api, alice)
+    deploy_id = api.create_simulator(alice, gpu="A100-80GB", num_gpus=2, max_batch_size=8)
     with db.session() as s:
         user_id = s.scalar(select(User.id).where(User.username == "alice"))
         token_ids = set(s.scalars(select(ApiToken.id).where(ApiToken.user_id == user_id)))

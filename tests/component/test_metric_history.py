@@ -24,6 +24,7 @@ from modelhost.store.db import Database
 from modelhost.store.tables import MetricHistory
 from tests.component.conftest import Api
 from tests.conftest import ADMIN_TOKEN, auth, make_settings, wait_until
+from tests.metering_helpers import obs
 
 T0 = 1_767_268_800  # 2026-01-01T12:00:00Z, a multiple of every resolution used here
 
@@ -121,18 +122,7 @@ def _obs(
     busy: tuple[float, float] | None = None,
     state: ReplicaState = ReplicaState.READY,
 ) -> ReplicaObservation:
-    return ReplicaObservation(
-        replica_id=rid,
-        deploy_id=deploy_id,
-        generation=1,
-        state=state,
-        port=1,
-        pid=1,
-        devices=devices,
-        started_at=T0 - 100,
-        busy_s=busy[0] if busy else None,
-        uptime_s=busy[1] if busy else None,
-    )
+    return obs(rid, T0 - 100, state, devices=devices, deploy_id=deploy_id, busy=busy)
 
 
 class _Clock:
@@ -244,22 +234,6 @@ def settings(tmp_path: Path) -> Settings:
     return make_settings(tmp_path / "data", metric_sample_interval_s=0.2)
 
 
-def _deploy(api: Api, token: str) -> str:
-    r = api.client.post(
-        "/deploy/llm",
-        json={
-            "model_name": "m1",
-            "gpu": "CPU",
-            "max_batch_size": 4,
-            "engine": "simulator",
-            "settings": {"min_instances": 1, "max_instances": 1},
-        },
-        headers=auth(token),
-    )
-    assert r.status_code == 201, r.text
-    return str(r.json()["deploy_id"])
-
-
 def _metrics(api: Api, token: str, deploy_id: str, **params: str) -> Any:
     return api.client.get(
         f"/v1/deployments/{deploy_id}/metrics", params=params, headers=auth(token)
@@ -280,7 +254,7 @@ def test_metrics_route_serves_the_owner_and_admins_only(api: Api) -> None:
     app: Any = api.client.app
     db: Database = app.state.services.db
     alice, bob = api.new_user("alice", gpu_limit=1), api.new_user("bob", gpu_limit=1)
-    deploy_id = _deploy(api, alice)
+    deploy_id = api.create_simulator(alice)
     wait_until(
         lambda: (
             api.client.get(f"/deploy/{deploy_id}", headers=auth(alice)).json()["status"] == "ready"
@@ -360,7 +334,7 @@ def test_an_adapters_series_on_its_base(api: Api) -> None:
     app: Any = api.client.app
     db: Database = app.state.services.db
     alice, bob = api.new_user("alice", gpu_limit=1), api.new_user("bob", gpu_limit=1)
-    deploy_id = _deploy(api, alice)
+    deploy_id = api.create_simulator(alice)
     with db.session() as s:
         ids = dict(s.execute(select(User.username, User.id)).tuples().all())
         for adapter_id, owner in (("a-alice", "alice"), ("a-bob", "bob")):

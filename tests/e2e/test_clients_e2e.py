@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from modelhost import Client
-from tests.cli_helpers import logged_in_env, printed_deploy_id, run
+from tests.cli_helpers import create_simulator, logged_in_env, printed_deploy_id, run
 from tests.component._live_server import LiveServer, modelhost_server
 
 pytestmark = pytest.mark.e2e
@@ -83,20 +83,8 @@ def test_running_simulator_replica_chat_and_logs(alice: Client, tmp_path: Path) 
 
 def test_chat_and_logs_with_a_running_replica(cli_env: dict[str, Any]) -> None:
     name = next(_names)
-    created = run(
-        cli_env,
-        "deploy",
-        "create-llm",
-        "--name",
-        name,
-        "--engine",
-        "simulator",
-        "--min-instances",
-        "1",
-        "--poll-interval",
-        "0.2",
-        "--timeout",
-        "120",
+    created = create_simulator(
+        cli_env, name, "--min-instances", "1", "--poll-interval", "0.2", "--timeout", "120"
     )
     assert created.exit_code == 0, created.output
     dep_id = printed_deploy_id(created.stdout)

@@ -46,6 +46,8 @@ ALLOWED: dict[str, set[str]] = {
         "engine",
         "orchestrator",
     },
+    # The web console: pages over the API's own functions (same rules, same tenancy).
+    "console": {"domain", "errors", "config", "security", "store", "web", "api"},
     # The wiring: the only package that sees everything server-side.
     "serve": {
         "domain",
@@ -63,6 +65,7 @@ ALLOWED: dict[str, set[str]] = {
         "web",
         "gateway",
         "api",
+        "console",
     },
     # The SDK talks HTTP only: it imports nothing of the server.
     "client": set(),

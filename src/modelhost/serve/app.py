@@ -27,6 +27,7 @@ from modelhost.api import (
 )
 from modelhost.api.deps import ApiServices
 from modelhost.config import Settings
+from modelhost.console import pages as console
 from modelhost.errors import Forbidden
 from modelhost.gateway import redis_limits
 from modelhost.gateway import routes as gateway_routes
@@ -157,6 +158,8 @@ def create_app(
     app.include_router(routes_usage.router)
     app.include_router(routes_limits.router)
     app.include_router(gateway_routes.router)
+    # The web console at /ui/ (and / sends there); its pages sign in with a cookie.
+    console.install(app)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, Any]:

@@ -95,6 +95,8 @@ modelhost demo: admin/{DEMO_NAME} is ready. Try it:
   source .venv/bin/activate    # from the source tree, where `make run` installed modelhost
   modelhost login --url {url} --token-stdin {token_stdin}
   modelhost chat admin/{DEMO_NAME} --temperature 0 --max-tokens 64 --message "{question}"
+
+  Web console: {url}/ui/  (sign in with the admin token: {token_ref})
 """,
         flush=True,
     )
