@@ -7,8 +7,9 @@ The rules are those of the in-memory versions (domain/rate_limits.py, domain/spe
 every key starts with the server's `redis_key_prefix`:
 
 - a rate-limit key is two sorted sets: admitted requests (member: the request id, score: ms)
-  and used tokens (member `<request id>:<tokens>`), trimmed to the last 60 s and expiring with
-  the window;
+  and used tokens (member `<request id>:<tokens>`, with their running total in `<key>:sum`, so
+  admission reads only the entries leaving the window), trimmed to the last 60 s and expiring
+  with the window;
 - a month's ledger is one hash `spend:<month>` with `<user>:g` (GPU cost, set from the
   database), `<user>:t` (token cost: seeded from the database once per month, then counted here);
   reservations are one hash per user (`resv:<user>`, request id -> cost) with a sorted set
@@ -51,11 +52,17 @@ for i = 1, n do
   local rk, tk = KEYS[2 * i - 1], KEYS[2 * i]
   local rpm, tpm = tonumber(ARGV[2 * i + 1]), tonumber(ARGV[2 * i + 2])
   redis.call('ZREMRANGEBYSCORE', rk, '-inf', now - win)
-  redis.call('ZREMRANGEBYSCORE', tk, '-inf', now - win)
   local c = redis.call('ZCARD', rk)
-  local entries = redis.call('ZRANGE', tk, 0, -1, 'WITHSCORES')
-  local u = 0
-  for j = 1, #entries, 2 do u = u + tonumber(string.match(entries[j], ':(%d+)$')) end
+  -- The window's tokens as a running total (`<tk>:sum`): only entries leaving it are read.
+  local gone = redis.call('ZRANGEBYSCORE', tk, '-inf', now - win)
+  if #gone > 0 then
+    local n_gone = 0
+    for _, m in ipairs(gone) do n_gone = n_gone + tonumber(string.match(m, ':(%d+)$')) end
+    redis.call('ZREMRANGEBYSCORE', tk, '-inf', now - win)
+    redis.call('DECRBY', tk .. ':sum', n_gone)
+  end
+  local u = tonumber(redis.call('GET', tk .. ':sum') or '0')
+  if u < 0 or redis.call('EXISTS', tk) == 0 then u = 0 end
   counts[i], used[i] = c, u
   if rpm >= 0 and c >= rpm then
     admitted = 0
@@ -65,6 +72,7 @@ for i = 1, n do
   if tpm >= 0 and u >= tpm then
     admitted = 0
     local left = u
+    local entries = redis.call('ZRANGE', tk, 0, -1, 'WITHSCORES')
     for j = 1, #entries, 2 do
       left = left - tonumber(string.match(entries[j], ':(%d+)$'))
       if left < tpm then
@@ -95,8 +103,11 @@ _ADD_TOKENS = (
     _NOW
     + """
 for i = 1, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 0 then redis.call('DEL', KEYS[i] .. ':sum') end
   redis.call('ZADD', KEYS[i], now, ARGV[2] .. ':' .. ARGV[3])
+  redis.call('INCRBY', KEYS[i] .. ':sum', ARGV[3])
   redis.call('PEXPIRE', KEYS[i], ARGV[1])
+  redis.call('PEXPIRE', KEYS[i] .. ':sum', ARGV[1])
 end
 return 1
 """
