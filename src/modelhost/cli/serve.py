@@ -23,6 +23,8 @@ def build_settings(
     cpu_slots: int | None = None,
     config: Path | None = None,
     discover_gpus: bool | None = None,
+    backend: str | None = None,
+    ray_address: str | None = None,
 ) -> Settings:
     """Flags given on the command line win over MODELHOST_* variables and the TOML file;
     flags left out don't mask them (hence every default is None)."""
@@ -37,6 +39,8 @@ def build_settings(
         "gpus": gpus,
         "cpu_slots": cpu_slots,
         "discover_gpus": discover_gpus,
+        "backend": backend,
+        "ray_address": ray_address,
     }
     from modelhost.config import Settings
 
@@ -61,6 +65,14 @@ def serve(
         bool | None,
         typer.Option("--discover-gpus/--no-discover-gpus", help="Probe nvidia-smi [yes]."),
     ] = None,
+    backend: Annotated[
+        str | None,
+        typer.Option(help="Where replicas run: local (this machine) or ray (a Ray cluster)."),
+    ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(help="The Ray cluster's address (host:port) for --backend ray."),
+    ] = None,
 ) -> None:
     """Run the modelhost server. Every flag also has a MODELHOST_* environment variable."""
     settings = build_settings(
@@ -72,11 +84,14 @@ def serve(
         cpu_slots=cpu_slots,
         config=config,
         discover_gpus=discover_gpus,
+        backend=backend,
+        ray_address=ray_address,
     )
     from modelhost import requirements
 
     postgres = (settings.database_url or "").startswith("postgresql")
-    problems = requirements.unmet(("postgres",) if postgres else ())
+    extras = (("postgres",) if postgres else ()) + (("ray",) if settings.backend == "ray" else ())
+    problems = requirements.unmet(extras)
     if problems:
         typer.echo(f"modelhost cannot start: {problems[0]}", err=True)
         raise typer.Exit(1)

@@ -13,7 +13,7 @@ import os
 import sys
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
@@ -74,6 +74,18 @@ class Settings(BaseSettings):
     cpu_slots_per_user: int | None = Field(default=None, ge=0)
     # Skip nvidia-smi discovery (tests, or machines whose GPUs modelhost must not touch).
     discover_gpus: bool = True
+    # Where replicas run: `local` (child processes of this server, on its devices) or `ray`
+    # (actors on the nodes of a Ray cluster, placed by GPU type and count; docs/ray.md).
+    backend: Literal["local", "ray"] = "local"
+    # The Ray cluster's GCS address, e.g. "10.0.0.5:6379" (`ray start --head` prints it); None:
+    # the RAY_ADDRESS environment variable. Only with backend = "ray".
+    ray_address: str | None = None
+    # The Ray namespace of this installation's replica actors: servers that adopt each other's
+    # replicas share it; two installations on one cluster use two.
+    ray_namespace: str = "modelhost"
+    # How long a replica may wait for Ray to find a node with room before it counts as a
+    # failed start (fragmented capacity: enough GPUs of the type, but not on one node).
+    ray_placement_timeout_s: float = Field(default=120.0, gt=0)
     admin_token: SecretStr | None = None
     # Key for encrypting HF tokens at rest. Generated into <data_dir>/secret.key when unset.
     secret_key: SecretStr | None = None
@@ -93,6 +105,21 @@ class Settings(BaseSettings):
     # How often the metric history (GET /v1/deployments/{id}/metrics) samples replicas and
     # writes what the gateway counted; at most 25 s for the same reason.
     metric_sample_interval_s: float = Field(default=10.0, gt=0, le=25.0)
+    # Several servers on one database (docs/operations.md): one at a time holds a lease in the
+    # database and runs the loops above. It renews every `leader_lease_renew_s` (others try
+    # for it as often), and stops its loops `leader_lease_margin_s` before the TTL runs out
+    # without a renewal; another server takes over within TTL + renew after its death.
+    leader_lease_ttl_s: float = Field(default=10.0, gt=0)
+    leader_lease_renew_s: float = Field(default=2.0, gt=0)
+    leader_lease_margin_s: float = Field(default=1.0, ge=0)
+    # A holder on this host whose process is gone (a server killed and started again) is taken
+    # over at once instead of after the TTL; false: always wait the TTL out.
+    leader_lease_local_takeover: bool = True
+    # How often a server that does not lead re-reads the replicas it routes to.
+    routing_poll_s: float = Field(default=0.5, gt=0, le=1.0)
+    # At a clean shutdown the leader stops every replica (a lone server). With several servers,
+    # set this so that it gives the lease up and leaves them running for the next leader.
+    handover_on_shutdown: bool = False
     # Gateway.
     request_timeout_s: float = 600.0
     # Queue per deployment, as a multiple of (replicas * max_batch_size); at least queue_min.

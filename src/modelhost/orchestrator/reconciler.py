@@ -170,11 +170,10 @@ class Reconciler:
     async def _apply(self, actions: Sequence[Action], acts: _PassActs) -> None:
         for a in actions:
             if isinstance(a, StartReplica):
-                handle = await asyncio.to_thread(
-                    self.backend.start, ReplicaStartSpec.from_action(a)
-                )
+                # Shielded: a pass cancelled meanwhile (a leader deposed) never leaves a spawned
+                # replica without the row the next leader adopts it by.
+                await asyncio.shield(self._start(a))
                 acts.started.add(a.deploy_id)
-                await self._in_store(self.store.record_start, a, handle.record)
             elif isinstance(a, DrainReplica):
                 queued = any(d.replica_id == a.replica_id for d in acts.drains)
                 if a.replica_id not in self._draining and not queued:
@@ -191,6 +190,10 @@ class Reconciler:
                 await self._in_store(self.store.mark_errored, a.deploy_id, a.reason)
             elif isinstance(a, ReportPending):
                 acts.pending[a.deploy_id] = (a.pending, a.reason)
+
+    async def _start(self, a: StartReplica) -> None:
+        handle = await asyncio.to_thread(self.backend.start, ReplicaStartSpec.from_action(a))
+        await self._in_store(self.store.record_start, a, handle.record)
 
     async def _drain(self, a: DrainReplica) -> None:
         """The replica has left the routing table: let its in-flight requests finish (bounded),
@@ -213,6 +216,12 @@ class Reconciler:
     async def wait_drains(self) -> None:
         if self._draining:
             await asyncio.gather(*self._draining.values(), return_exceptions=True)
+
+    def abandon_drains(self) -> None:
+        """Stop waiting on drains (this process no longer leads): the replicas keep running,
+        and the next leader, which adopts them, drains them again if they are still surplus."""
+        for task in list(self._draining.values()):
+            task.cancel()
 
     def close(self) -> None:
         """Let the store thread go (after the work already handed to it)."""

@@ -26,6 +26,7 @@ def record_start(s: Session, action: StartReplica, record: ReplicaRecord | None)
         generation=action.generation,
         state=ReplicaState.STARTING.value,
         devices=list(action.devices),
+        engine=action.launch.engine,
         # The backend's own start time: the GPU meter bills from it, and after a restart the
         # adopted replica is billed from this row, so both must agree.
         started_at=_dt(record.started_at) if record is not None else utcnow(),
@@ -53,6 +54,10 @@ def sync_rows(s: Session, observed: Sequence[ReplicaObservation]) -> None:
         row.state = o.state.value
         if o.state == ReplicaState.READY:
             row.ready_at = _dt(o.ready_at) or utcnow()
+            # A Ray replica's port and pid are known only once it was placed (ray_backend).
+            row.port, row.pid = o.port if o.port is not None else row.port, o.pid or row.pid
+            # Where other server processes' gateways reach it (serve/leadership.py RoutingFeed).
+            row.host = o.host
             took = f" in {o.ready_at - o.started_at:.1f}s" if o.ready_at else ""
             store.add_event(s, o.deploy_id, "replica_ready", f"replica {o.replica_id} ready{took}")
         elif o.state.terminal:

@@ -51,6 +51,9 @@ class ReplicaObservation:
     busy_s: float | None = None
     uptime_s: float | None = None
     log_path: str | None = None
+    # Where the engine listens: 127.0.0.1 for the local backend; the node's address Ray
+    # reports for a replica on a Ray cluster (orchestrator/backends/ray_backend.py).
+    host: str = "127.0.0.1"
 
     @property
     def holds_devices(self) -> bool:
@@ -59,7 +62,7 @@ class ReplicaObservation:
 
     @property
     def base_url(self) -> str | None:
-        return f"http://127.0.0.1:{self.port}" if self.port is not None else None
+        return f"http://{self.host}:{self.port}" if self.port is not None else None
 
 
 @dataclass(frozen=True)

@@ -186,6 +186,9 @@ def create_app(
                 "status": status,
                 "store": db_ok,
                 "loops": loops_ok,
+                # This process holds the leader lease and runs the reconciler and autoscaler
+                # (several servers on one database: docs/operations.md).
+                "leader": loops.leading,
                 "directory_age_s": None if age is None else round(age, 3),
             },
             status_code=code,

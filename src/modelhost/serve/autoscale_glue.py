@@ -11,10 +11,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from modelhost.autoscaler.loop import AutoscaledDeployment
 from modelhost.autoscaler.policy import LoadSignals, ScalingDecision
+from modelhost.domain import metric_history as mh
 from modelhost.domain.deployment_config import DeploymentConfig
 from modelhost.domain.deployments import CPU
 from modelhost.domain.replicas import ReplicaState
@@ -24,7 +26,7 @@ from modelhost.orchestrator.reconciler import Reconciler
 from modelhost.orchestrator.types import ReplicaObservation
 from modelhost.serve.services import Services
 from modelhost.store import deployments as store
-from modelhost.store.tables import Deployment, User
+from modelhost.store.tables import Deployment, MetricHistory, User
 
 
 @dataclass
@@ -54,6 +56,7 @@ class AutoscaleGlue:
         pending = self.reconciler.last_pending
         out: list[AutoscaledDeployment] = []
         with self.services.db.session() as s:
+            elsewhere = requests_seen_since(s, time.time() - mh.TIERS[0].keep_s)
             deps = [
                 d
                 for d in store.live_deployments(s)
@@ -74,6 +77,9 @@ class AutoscaleGlue:
                 # it started since then is starting, and must not be taken for pending).
                 unplaced = min(pending.get(d.id, 0), max(0, d.desired_replicas - len(live)))
                 pool_signals = self._gw(d.id)
+                # Requests other server processes forwarded (several servers on one database)
+                # reach this one through the metric history they all write.
+                last_request_at = latest(pool_signals.last_request_at, elsewhere.get(d.id))
                 out.append(
                     AutoscaledDeployment(
                         deploy_id=d.id,
@@ -84,7 +90,7 @@ class AutoscaleGlue:
                         current_replicas=max(len(live), d.desired_replicas),
                         ready_replicas=len(ready),
                         placeable_max=placeable,
-                        last_request_at=pool_signals.last_request_at,
+                        last_request_at=last_request_at,
                         placeable_limit="quota",
                         unplaced=unplaced,
                     )
@@ -133,6 +139,31 @@ class AutoscaleGlue:
             dep.scale_reason = decision.reason
         if changed:
             self.services.notify()
+
+
+def requests_seen_since(s: Session, since: float) -> dict[str, float]:
+    """deploy_id -> the start (epoch seconds) of the latest finest-tier metric-history bucket
+    in which any server process forwarded a request to it: a lower bound of its last request,
+    at most a bucket plus a sampling interval old."""
+    rows = s.execute(
+        select(MetricHistory.deploy_id, func.max(MetricHistory.bucket_start))
+        .where(
+            MetricHistory.resolution_s == mh.TIERS[0].resolution_s,
+            MetricHistory.bucket_start >= int(since),
+            MetricHistory.requests > 0,
+        )
+        .group_by(MetricHistory.deploy_id)
+    ).all()
+    return {str(deploy_id): float(start) for deploy_id, start in rows}
+
+
+def latest(own: float | None, elsewhere_epoch: float | None) -> float | None:
+    """The later of this gateway's last request (monotonic) and one seen in the metric history
+    (epoch seconds, converted to the monotonic clock)."""
+    if elsewhere_epoch is None:
+        return own
+    seen = monotonic_now() - max(0.0, time.time() - elsewhere_epoch)
+    return seen if own is None else max(own, seen)
 
 
 def monotonic_now() -> float:

@@ -12,6 +12,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Double,
     ForeignKey,
     Index,
     Integer,
@@ -137,6 +138,10 @@ class Replica(Base):
     exited_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
     fail_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The runtime it runs (the resolved `engine`) and the address its engine listens on (None:
+    # 127.0.0.1): other server processes route from this row.
+    engine: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    host: Mapped[str | None] = mapped_column(String(255), nullable=True)
 
 
 class Event(Base):
@@ -289,3 +294,18 @@ class MetricHistory(Base):
     gpu_util_sum: Mapped[float] = mapped_column(default=0.0)
     gpu_util_samples: Mapped[int] = mapped_column(Integer, default=0)
     gpu_source: Mapped[str | None] = mapped_column(String(16), nullable=True)
+
+
+class LeaderLease(Base):
+    """Who runs the control loops among the server processes on this database (issue 14):
+    taken and renewed by one conditional UPDATE, times by the database's clock (epoch seconds);
+    store/leases.py, domain/leader_lease.py."""
+
+    __tablename__ = "leader_lease"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    holder: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    expires_at: Mapped[float] = mapped_column(Double)
+    acquired_at: Mapped[float | None] = mapped_column(Double, nullable=True)
+    # Bumped each time the lease changes hands.
+    term: Mapped[int] = mapped_column(Integer, default=0)
