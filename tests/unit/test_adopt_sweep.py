@@ -90,3 +90,13 @@ def test_the_rows_are_read_before_the_backends_replicas() -> None:
     adopt_late_rows(reconciler(store, backend))
     assert log == ["rows", "observe"]
     assert backend.adopted == [[]]
+
+
+def test_a_stored_demand_stamp_reads_as_utc_epoch_seconds() -> None:
+    from datetime import UTC, datetime
+
+    from modelhost.serve.autoscale_glue import epoch
+
+    aware = datetime(2026, 11, 29, 5, 0, tzinfo=UTC)
+    # SQLite hands the same instant back naive; both read the same.
+    assert epoch(aware) == epoch(aware.replace(tzinfo=None)) == aware.timestamp()

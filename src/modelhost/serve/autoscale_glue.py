@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -79,7 +80,12 @@ class AutoscaleGlue:
                 pool_signals = self._gw(d.id)
                 # Requests other server processes forwarded (several servers on one database)
                 # reach this one through the metric history they all write.
-                last_request_at = latest(pool_signals.last_request_at, elsewhere.get(d.id))
+                # A request waiting for a replica on any process stamps `demand_at`.
+                demanded = epoch(d.demand_at) if d.demand_at is not None else None
+                seen_elsewhere = max(
+                    (t for t in (elsewhere.get(d.id), demanded) if t is not None), default=None
+                )
+                last_request_at = latest(pool_signals.last_request_at, seen_elsewhere)
                 out.append(
                     AutoscaledDeployment(
                         deploy_id=d.id,
@@ -164,6 +170,11 @@ def latest(own: float | None, elsewhere_epoch: float | None) -> float | None:
         return own
     seen = monotonic_now() - max(0.0, time.time() - elsewhere_epoch)
     return seen if own is None else max(own, seen)
+
+
+def epoch(dt: datetime) -> float:
+    """A stored UTC timestamp in epoch seconds (SQLite hands back naive datetimes)."""
+    return (dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)).timestamp()
 
 
 def monotonic_now() -> float:

@@ -45,6 +45,7 @@ from modelhost.serve.metric_sampler import (
 from modelhost.serve.services import Services
 from modelhost.serve.spend_enforcer import SpendEnforcer
 from modelhost.store import deployments as store
+from modelhost.store.clock import utcnow
 from modelhost.store.metering import RequestUsageLog
 from modelhost.store.tables import Deployment
 from modelhost.store.write_behind import WriteBehind
@@ -54,6 +55,8 @@ log = logging.getLogger(__name__)
 # A loop that has not completed a pass for this long makes /readyz fail.
 STALL_S = 30.0
 DEMAND_DEBOUNCE_S = 1.0
+# How often requests still held for a cold start re-stamp their deployment's demand.
+HELD_DEMAND_S = 2.0
 ADOPT_RETRY_S = 2.0
 # How often the leader looks for live replica rows its backend does not watch (a row a
 # just-deposed leader wrote after this one adopted) and lets the backend sweep its orphans.
@@ -238,6 +241,11 @@ class ControlLoops:
             await asyncio.to_thread(self.metric_sampler.run_once)
 
         self._tasks.append(self._spawn("metric-history", history, s.metric_sample_interval_s))
+
+        async def demand() -> None:
+            self.hold_demand()
+
+        self._tasks.append(self._spawn("held-demand", demand, HELD_DEMAND_S))
         await self.lease.acquire_once()
         if not self.lease.acting:
             self._routing_feed.start()
@@ -423,11 +431,24 @@ class ControlLoops:
         self._last_demand[deploy_id] = now
         self._demand.put(deploy_id, now)
 
+    def hold_demand(self) -> None:
+        """Requests still held for a cold start keep their deployment's demand fresh (the
+        leader may be another process, which sees them only through `demand_at`)."""
+        if self._gateway is None:
+            return
+        for pool in self._gateway.pools():
+            if pool.held > 0:
+                self.on_demand(pool.deploy_id)
+
     def _scale_from_zero(self, batch: Mapping[str, float]) -> None:
+        now = utcnow()
         with self.services.db.session() as s:
             for deploy_id in batch:
                 dep = s.get(Deployment, deploy_id)
-                if dep is None or dep.desired_state != "running" or dep.desired_replicas > 0:
+                if dep is None:
+                    continue
+                dep.demand_at = now
+                if dep.desired_state != "running" or dep.desired_replicas > 0:
                     continue
                 dep.desired_replicas = 1
                 dep.scale_reason = "a request arrived while at zero replicas -> 1 replica"

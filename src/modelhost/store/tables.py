@@ -114,6 +114,9 @@ class Deployment(Base):
     # "spending_limit" when the owner's spending limit stopped it (started again when the
     # limit is raised or the month turns); None when the owner's own word decides.
     stopped_by: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # When a request last waited for a replica of it, on any server process (the activator's
+    # stamp): the leader's autoscaler counts it as a request (migration 0010).
+    demand_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

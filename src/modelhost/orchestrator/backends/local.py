@@ -12,28 +12,23 @@ The public methods only update state and send signals, so none of them waits on 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
 import subprocess
-import threading
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
 
 import httpx
 
 from modelhost.domain.replicas import ReplicaState
-from modelhost.orchestrator.backends import log_stamps
 from modelhost.orchestrator.backends.base import (
     AdoptResult,
     ReplicaHandle,
     ReplicaRecord,
     ReplicaStartSpec,
 )
-from modelhost.orchestrator.backends.engine_stats import EngineStats, parse_stats
 from modelhost.orchestrator.backends.local_process import (
     BACKEND_LINE_PREFIX,
     child_env,
@@ -42,20 +37,20 @@ from modelhost.orchestrator.backends.local_process import (
     proc_start_ticks,
     reap,
     signal_group,
+    spawn_engine,
 )
-from modelhost.orchestrator.backends.local_replica import HEALTH_PATH, STATS_PATH, LocalReplica
+from modelhost.orchestrator.backends.local_replica import LocalReplica
+from modelhost.orchestrator.backends.watch_loop import WatchLoop, health_status
 from modelhost.orchestrator.inventory import Inventory
-from modelhost.orchestrator.types import ReplicaObservation
 from modelhost.runtimes import Runtime, resolve
 
 log = logging.getLogger(__name__)
 
-_T = TypeVar("_T")
 
-_STARTING_PROBE_S = 0.2
+class LocalBackend(WatchLoop[LocalReplica]):
+    _kind = "local backend"
+    _log = log
 
-
-class LocalBackend:
     def __init__(
         self,
         data_dir: Path,
@@ -69,29 +64,18 @@ class LocalBackend:
         retain_terminal_s: float = 600.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        super().__init__(probe_interval_s, probe_timeout_s, stop_grace_s, retain_terminal_s, clock)
         self._data_dir = Path(data_dir)
         self._inventory = inventory
         self._runtime_for = runtime_for
-        self._interval = probe_interval_s
-        self._probe_timeout = probe_timeout_s
         self._startup_timeout = startup_timeout_s
-        self._stop_grace = stop_grace_s
-        self._retain = retain_terminal_s
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._replicas: dict[str, LocalReplica] = {}
-        self._closing = False
-        self._loop = asyncio.new_event_loop()
-        self._wake = asyncio.Event()
-        self._thread = threading.Thread(target=self._run, name="local-backend", daemon=True)
-        self._thread.start()
+        self._start_watching("local-backend")
 
     # --- Backend API ---------------------------------------------------------------------
 
     def start(self, spec: ReplicaStartSpec) -> ReplicaHandle:
         with self._lock:
-            if self._closing:
-                raise RuntimeError("the local backend is closed")
+            self._check_open()
             if spec.replica_id in self._replicas:
                 raise ValueError(f"replica {spec.replica_id} already exists")
             avoid = {r.port for r in self._replicas.values() if r.port and not r.state.terminal}
@@ -120,16 +104,7 @@ class LocalBackend:
                     f"{','.join(spec.devices)})\n".encode()
                 )
                 out.flush()
-                popen = subprocess.Popen(
-                    cmd,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                    cwd=self._data_dir,
-                    start_new_session=True,
-                    close_fds=True,
-                )
+                popen = spawn_engine(cmd, env, out, self._data_dir)
         except (OSError, ValueError) as exc:
             # A replica that cannot even be spawned is a failed start like any other, so the
             # planner's backoff and error rules apply; the reason is what the user sees.
@@ -157,28 +132,6 @@ class LocalBackend:
             started_at=r.started_at,
         )
         return ReplicaHandle(spec.replica_id, record)
-
-    def mark_draining(self, replica_id: str) -> None:
-        with self._lock:
-            r = self._replicas.get(replica_id)
-            if r is not None and r.state.live:
-                r.state, r.exit_requested = ReplicaState.DRAINING, True
-
-    def drain(self, replica_id: str, timeout_s: float) -> None:
-        self._terminate(replica_id, timeout_s)
-
-    def stop(self, replica_id: str) -> None:
-        self._terminate(replica_id, self._stop_grace)
-
-    def observe(self) -> list[ReplicaObservation]:
-        with self._lock:
-            return [self._replicas[k].observation() for k in sorted(self._replicas)]
-
-    def forget(self, replica_id: str) -> None:
-        with self._lock:
-            r = self._replicas.get(replica_id)
-            if r is not None and r.state.terminal:
-                del self._replicas[replica_id]
 
     def adopt(self, records: Sequence[ReplicaRecord]) -> AdoptResult:
         adopted: list[str] = []
@@ -228,14 +181,7 @@ class LocalBackend:
         if self._closing:
             return
         if stop_replicas:
-            # The monitor keeps running meanwhile: it is what notices the exits.
-            with self._lock:
-                ids = [k for k, r in self._replicas.items() if not r.state.terminal]
-            for replica_id in ids:
-                self._terminate(replica_id, min(self._stop_grace, timeout_s))
-            deadline = time.monotonic() + timeout_s
-            while time.monotonic() < deadline and self._any_running():
-                time.sleep(0.05)
+            self._stop_all(timeout_s)
             with self._lock:
                 left = [r for r in self._replicas.values() if not r.state.terminal]
             for r in left:
@@ -246,10 +192,7 @@ class LocalBackend:
                         r.popen.wait(timeout=5)
                     except subprocess.TimeoutExpired:
                         log.error("replica %s (pid %s) survived SIGKILL", r.replica_id, r.pid)
-        with self._lock:
-            self._closing = True
-        self._poke()
-        self._thread.join(timeout=10)
+        self._stop_watching()
 
     # --- internals -----------------------------------------------------------------------
 
@@ -265,53 +208,11 @@ class LocalBackend:
         signal_group(pid, signal.SIGTERM)
         self._poke()
 
-    def _any_running(self) -> bool:
-        with self._lock:
-            return any(not r.state.terminal for r in self._replicas.values())
-
-    def _poke(self) -> None:
-        if not self._loop.is_closed():
-            # RuntimeError: the loop just stopped, nothing left to wake.
-            with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(self._wake.set)
-
-    def _call_in_loop(self, coro: Coroutine[Any, Any, _T]) -> _T:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        try:
-            self._loop.run_until_complete(self._main())
-        finally:
-            self._loop.close()
-
-    async def _main(self) -> None:
-        async with httpx.AsyncClient(timeout=self._probe_timeout, trust_env=False) as client:
-            while not self._closing:
-                try:
-                    await self._tick(client)
-                except Exception:  # one bad tick must not stop the watching of every replica
-                    log.exception("local backend tick failed")
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._next_wait())
-
-    def _next_wait(self) -> float:
-        # Starting replicas are probed more often: how soon a replica is seen ready is part of
-        # every cold start a client waits through.
-        with self._lock:
-            starting = any(r.state == ReplicaState.STARTING for r in self._replicas.values())
-        return min(self._interval, _STARTING_PROBE_S) if starting else self._interval
-
     async def _tick(self, client: httpx.AsyncClient) -> None:
         now = time.monotonic()
         probes = []
         with self._lock:
-            for r in list(self._replicas.values()):
-                if r.state.terminal:
-                    if r.terminal_since is not None and now - r.terminal_since > self._retain:
-                        del self._replicas[r.replica_id]
-                    continue
+            for r in self._live(now):
                 self._check_process(r, now)
                 if not r.state.terminal:  # a replica that just ended was noted by _finish
                     self._note_log(r)
@@ -357,45 +258,8 @@ class LocalBackend:
         self._note_log(r)
         log.info("replica %s %s", r.replica_id, note)
 
-    def _note_log(self, r: LocalReplica) -> None:
-        """Note how far the replica's log has grown, which times its lines (log_stamps).
-        Called with the lock held: a stat and, when it grew, one short append."""
-        if r.log_noted is None:
-            r.log_noted = log_stamps.last_noted(r.log_path)
-        r.log_noted = log_stamps.note_growth(r.log_path, r.log_noted, self._clock())
-
-    async def _probe_health(self, client: httpx.AsyncClient, r: LocalReplica) -> None:
-        try:
-            resp = await client.get(f"http://127.0.0.1:{r.port}{r.health_path}")
-        except httpx.HTTPError:
-            return
-        if resp.status_code == 200:
-            with self._lock:
-                if r.state == ReplicaState.STARTING:
-                    r.state, r.ready_at = ReplicaState.READY, self._clock()
-                    log.info("replica %s is ready on port %s", r.replica_id, r.port)
-
-    async def _probe_stats(self, client: httpx.AsyncClient, r: LocalReplica) -> None:
-        path = r.stats_path or STATS_PATH
-        try:
-            resp = await client.get(f"http://127.0.0.1:{r.port}{path}")
-            stats = parse_stats(path, resp.text) if resp.status_code == 200 else EngineStats()
-        except httpx.HTTPError:
-            stats = EngineStats()
-        with self._lock:
-            if r.state == ReplicaState.READY:
-                r.running, r.waiting = stats.running, stats.waiting
-                r.kv_cache_usage = stats.kv_cache_usage
-                r.busy_s, r.uptime_s = stats.busy_s, stats.uptime_s
-
     async def _health_statuses(self, ports: list[int]) -> list[int | None]:
         async with httpx.AsyncClient(timeout=self._probe_timeout, trust_env=False) as client:
-
-            async def one(port: int) -> int | None:
-                try:
-                    resp = await client.get(f"http://127.0.0.1:{port}{HEALTH_PATH}")
-                except httpx.HTTPError:
-                    return None
-                return resp.status_code
-
-            return list(await asyncio.gather(*(one(p) for p in ports)))
+            return list(
+                await asyncio.gather(*(health_status(client, "127.0.0.1", p) for p in ports))
+            )

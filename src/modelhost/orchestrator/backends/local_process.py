@@ -11,8 +11,10 @@ import os
 import re
 import signal
 import socket
+import subprocess
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import IO
 
 from modelhost.engine.args import FATAL_PREFIX
 
@@ -96,6 +98,27 @@ def child_env(server_env: Mapping[str, str], extra: Mapping[str, str]) -> dict[s
     }
     env.update(extra)
     return env
+
+
+def spawn_engine(
+    cmd: list[str],
+    env: Mapping[str, str],
+    out: IO[bytes],
+    cwd: str | Path,
+    preexec_fn: Callable[[], object] | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start an engine in its own process group (a stop reaches all it spawns), output to `out`."""
+    return subprocess.Popen(
+        cmd,
+        stdin=subprocess.DEVNULL,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=cwd,
+        start_new_session=True,
+        close_fds=True,
+        preexec_fn=preexec_fn,
+    )
 
 
 def read_tail(path: str | Path, max_bytes: int = _TAIL_BYTES) -> list[str]:

@@ -12,12 +12,8 @@ from modelhost.orchestrator.backends.local_process import (
     last_output_line,
     read_tail,
 )
+from modelhost.orchestrator.backends.watch_loop import HEALTH_PATH, STATS_PATH, replica_observation
 from modelhost.orchestrator.types import ReplicaObservation
-
-# Every engine serves these (the engine contract); adopted replicas are probed on them because
-# a record does not say which runtime started the process.
-HEALTH_PATH = "/health"
-STATS_PATH = "/stats"
 
 
 @dataclass
@@ -57,26 +53,7 @@ class LocalReplica:
     log_noted: int | None = None
 
     def observation(self) -> ReplicaObservation:
-        return ReplicaObservation(
-            replica_id=self.replica_id,
-            deploy_id=self.deploy_id,
-            generation=self.generation,
-            state=self.state,
-            port=self.port,
-            pid=self.pid,
-            devices=self.devices,
-            started_at=self.started_at,
-            ready_at=self.ready_at,
-            exited_at=self.exited_at,
-            exit_code=self.exit_code,
-            fail_reason=self.fail_reason,
-            running=self.running,
-            waiting=self.waiting,
-            kv_cache_usage=self.kv_cache_usage,
-            busy_s=self.busy_s,
-            uptime_s=self.uptime_s,
-            log_path=self.log_path,
-        )
+        return replica_observation(self)
 
     def finish(self, code: int | None, now: float, now_monotonic: float) -> str:
         """Record the exit: a stop that was asked for, or a failure with its reason. Returns a

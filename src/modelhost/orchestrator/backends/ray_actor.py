@@ -36,6 +36,7 @@ from modelhost.orchestrator.backends.local_process import (
     exit_reason,
     read_tail,
     signal_group,
+    spawn_engine,
 )
 from modelhost.runtimes import resolve
 
@@ -241,17 +242,8 @@ class EngineHost:
         box: dict[str, Any],
     ) -> None:
         try:
-            popen = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=str(Path(self.log_path).parent),
-                start_new_session=True,
-                close_fds=True,
-                preexec_fn=_die_with_parent,  # only prctl: safe in the child
-            )
+            # _die_with_parent: only prctl, safe in the child.
+            popen = spawn_engine(cmd, env, out, str(Path(self.log_path).parent), _die_with_parent)
         except OSError as exc:
             box["error"] = exc
             started.set()

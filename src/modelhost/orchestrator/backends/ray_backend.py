@@ -38,12 +38,11 @@ import contextlib
 import logging
 import os
 import socket
-import threading
 import time
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 
@@ -55,9 +54,7 @@ from modelhost.orchestrator.backends.base import (
     ReplicaRecord,
     ReplicaStartSpec,
 )
-from modelhost.orchestrator.backends.engine_stats import EngineStats, parse_stats
 from modelhost.orchestrator.backends.local_process import BACKEND_LINE_PREFIX
-from modelhost.orchestrator.backends.local_replica import HEALTH_PATH, STATS_PATH
 from modelhost.orchestrator.backends.ray_placement import (
     ACTOR_PREFIX,
     cluster_devices,
@@ -67,15 +64,19 @@ from modelhost.orchestrator.backends.ray_placement import (
     replica_resources,
     split_address,
 )
+from modelhost.orchestrator.backends.watch_loop import (
+    HEALTH_PATH,
+    STATS_PATH,
+    WatchLoop,
+    health_status,
+    replica_observation,
+)
 from modelhost.orchestrator.inventory import Inventory
 from modelhost.orchestrator.types import ReplicaObservation
 from modelhost.runtimes import resolve
 
 log = logging.getLogger(__name__)
 
-_T = TypeVar("_T")
-
-_STARTING_PROBE_S = 0.2
 DEFAULT_NAMESPACE = "modelhost"
 
 
@@ -212,27 +213,7 @@ class RayReplica:
     actor_killed: bool = False
 
     def observation(self) -> ReplicaObservation:
-        return ReplicaObservation(
-            replica_id=self.replica_id,
-            deploy_id=self.deploy_id,
-            generation=self.generation,
-            state=self.state,
-            port=self.port,
-            pid=self.pid,
-            devices=self.devices,
-            started_at=self.started_at,
-            ready_at=self.ready_at,
-            exited_at=self.exited_at,
-            exit_code=self.exit_code,
-            fail_reason=self.fail_reason,
-            running=self.running,
-            waiting=self.waiting,
-            kv_cache_usage=self.kv_cache_usage,
-            busy_s=self.busy_s,
-            uptime_s=self.uptime_s,
-            log_path=self.log_path,
-            host=self.host,
-        )
+        return replica_observation(self, self.host)
 
 
 def actor_death_reason(exc: BaseException) -> str:
@@ -244,7 +225,10 @@ def actor_death_reason(exc: BaseException) -> str:
     return f"its Ray actor died: {first[:300]}"
 
 
-class RayBackend:
+class RayBackend(WatchLoop[RayReplica]):
+    _kind = "Ray backend"
+    _log = log
+
     def __init__(
         self,
         data_dir: Path,
@@ -266,6 +250,7 @@ class RayBackend:
         """`ray_api`: the `ray` module, or a fake of the few calls used here (tests); None:
         connect to the cluster at `address`. `orphan_grace_s`: how long an actor of the
         namespace that no replica record names may live before `adopt` kills it."""
+        super().__init__(probe_interval_s, probe_timeout_s, stop_grace_s, retain_terminal_s, clock)
         self._data_dir = Path(data_dir)
         self._address = address
         self._namespace = namespace
@@ -273,17 +258,12 @@ class RayBackend:
         # Where engines write their logs on the nodes (each node's own disk); default a folder
         # in the node's temp dir.
         self._node_log_dir = node_log_dir
-        self._interval = probe_interval_s
-        self._probe_timeout = probe_timeout_s
         self._startup_timeout = startup_timeout_s
         self._placement_timeout = placement_timeout_s
-        self._stop_grace = stop_grace_s
-        self._retain = retain_terminal_s
         self._orphan_grace = orphan_grace_s
         # Actors of the namespace no record named, by name: when `adopt` first saw them
         # (monotonic). Killed by a later `adopt` once older than the grace and still unnamed.
         self._unrecorded: dict[str, float] = {}
-        self._clock = clock
         from modelhost.orchestrator.backends.ray_actor import EngineHost
 
         if ray_api is None:
@@ -296,15 +276,9 @@ class RayBackend:
         # Ray's API is untyped: held as Any, used through the few calls below.
         self._ray: Any = ray_api
         self._actor_class: Any = self._ray.remote(EngineHost)
-        self._lock = threading.Lock()
-        self._replicas: dict[str, RayReplica] = {}
         self._totals: dict[str, int] = gpus_by_type(self._ray.nodes())
         self._inventory = self._build_inventory()
-        self._closing = False
-        self._loop = asyncio.new_event_loop()
-        self._wake = asyncio.Event()
-        self._thread = threading.Thread(target=self._run, name="ray-backend", daemon=True)
-        self._thread.start()
+        self._start_watching("ray-backend")
 
     # --- the cluster's devices -----------------------------------------------------------
 
@@ -329,8 +303,7 @@ class RayBackend:
 
     def start(self, spec: ReplicaStartSpec) -> ReplicaHandle:
         with self._lock:
-            if self._closing:
-                raise RuntimeError("the Ray backend is closed")
+            self._check_open()
             if spec.replica_id in self._replicas:
                 raise ValueError(f"replica {spec.replica_id} already exists")
         log_path = self._data_dir / "logs" / spec.deploy_id / f"{spec.replica_id}.log"
@@ -390,28 +363,6 @@ class RayBackend:
             started_at=r.started_at,
         )
         return ReplicaHandle(spec.replica_id, record)
-
-    def mark_draining(self, replica_id: str) -> None:
-        with self._lock:
-            r = self._replicas.get(replica_id)
-            if r is not None and r.state.live:
-                r.state, r.exit_requested = ReplicaState.DRAINING, True
-
-    def drain(self, replica_id: str, timeout_s: float) -> None:
-        self._terminate(replica_id, timeout_s)
-
-    def stop(self, replica_id: str) -> None:
-        self._terminate(replica_id, self._stop_grace)
-
-    def observe(self) -> list[ReplicaObservation]:
-        with self._lock:
-            return [self._replicas[k].observation() for k in sorted(self._replicas)]
-
-    def forget(self, replica_id: str) -> None:
-        with self._lock:
-            r = self._replicas.get(replica_id)
-            if r is not None and r.state.terminal:
-                del self._replicas[replica_id]
 
     def adopt(self, records: Sequence[ReplicaRecord]) -> AdoptResult:
         ray = self._ray
@@ -492,21 +443,12 @@ class RayBackend:
         if self._closing:
             return
         if stop_replicas:
-            with self._lock:
-                ids = [k for k, r in self._replicas.items() if not r.state.terminal]
-            for replica_id in ids:
-                self._terminate(replica_id, min(self._stop_grace, timeout_s))
-            deadline = time.monotonic() + timeout_s
-            while time.monotonic() < deadline and self._any_running():
-                time.sleep(0.05)
+            self._stop_all(timeout_s)
             with self._lock:
                 actors = [r.actor for r in self._replicas.values() if not r.actor_killed]
             for actor in actors:
                 self._kill_actor(actor)
-        with self._lock:
-            self._closing = True
-        self._poke()
-        self._thread.join(timeout=10)
+        self._stop_watching()
         if self._connected:
             with contextlib.suppress(Exception):
                 self._ray.shutdown()
@@ -583,41 +525,6 @@ class RayBackend:
                 self._finish(r, None, None, actor_gone=True)
         self._poke()
 
-    def _any_running(self) -> bool:
-        with self._lock:
-            return any(not r.state.terminal for r in self._replicas.values())
-
-    def _poke(self) -> None:
-        if not self._loop.is_closed():
-            with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(self._wake.set)
-
-    def _call_in_loop(self, coro: Coroutine[Any, Any, _T]) -> _T:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        try:
-            self._loop.run_until_complete(self._main())
-        finally:
-            self._loop.close()
-
-    async def _main(self) -> None:
-        async with httpx.AsyncClient(timeout=self._probe_timeout, trust_env=False) as client:
-            while not self._closing:
-                try:
-                    await self._tick(client)
-                except Exception:  # one bad tick must not stop the watching of every replica
-                    log.exception("Ray backend tick failed")
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._next_wait())
-
-    def _next_wait(self) -> float:
-        with self._lock:
-            starting = any(r.state == ReplicaState.STARTING for r in self._replicas.values())
-        return min(self._interval, _STARTING_PROBE_S) if starting else self._interval
-
     async def _tick(self, client: httpx.AsyncClient) -> None:
         self._refresh_totals()
         self._collect_launches()
@@ -625,11 +532,7 @@ class RayBackend:
         now = time.monotonic()
         probes = []
         with self._lock:
-            for r in list(self._replicas.values()):
-                if r.state.terminal:
-                    if r.terminal_since is not None and now - r.terminal_since > self._retain:
-                        del self._replicas[r.replica_id]
-                    continue
+            for r in self._live(now):
                 if r.port is None:
                     continue
                 if r.state == ReplicaState.STARTING:
@@ -769,9 +672,7 @@ class RayBackend:
         except OSError:
             return
         r.remote_log_offset += len(chunk)
-        if r.log_noted is None:
-            r.log_noted = log_stamps.last_noted(r.log_path)
-        r.log_noted = log_stamps.note_growth(r.log_path, r.log_noted, self._clock())
+        self._note_log(r)
 
     def _finish(
         self, r: RayReplica, code: int | None, reason: str | None, actor_gone: bool
@@ -796,34 +697,12 @@ class RayBackend:
             out.write(f"{BACKEND_LINE_PREFIX}replica {note}\n")
         r.log_noted = log_stamps.note_growth(r.log_path, r.log_noted or 0, self._clock())
 
-    async def _probe_health(self, client: httpx.AsyncClient, r: RayReplica) -> None:
-        try:
-            resp = await client.get(f"http://{r.host}:{r.port}{r.health_path}")
-        except httpx.HTTPError:
-            return
-        if resp.status_code == 200:
-            with self._lock:
-                if r.state == ReplicaState.STARTING:
-                    r.state, r.ready_at = ReplicaState.READY, self._clock()
-                    log.info("replica %s is ready on %s:%s", r.replica_id, r.host, r.port)
+    def _host(self, r: RayReplica) -> str:
+        return r.host
 
-    async def _probe_stats(self, client: httpx.AsyncClient, r: RayReplica) -> None:
-        path = r.stats_path or STATS_PATH
-        try:
-            resp = await client.get(f"http://{r.host}:{r.port}{path}")
-            stats = parse_stats(path, resp.text) if resp.status_code == 200 else EngineStats()
-        except httpx.HTTPError:
-            stats = EngineStats()
-        with self._lock:
-            if r.state == ReplicaState.READY:
-                r.running, r.waiting = stats.running, stats.waiting
-                r.kv_cache_usage = stats.kv_cache_usage
-                r.busy_s, r.uptime_s = stats.busy_s, stats.uptime_s
+    def _where(self, r: RayReplica) -> str:
+        return f"{r.host}:{r.port}"
 
     async def _health_status(self, host: str, port: int) -> int | None:
         async with httpx.AsyncClient(timeout=self._probe_timeout, trust_env=False) as client:
-            try:
-                resp = await client.get(f"http://{host}:{port}{HEALTH_PATH}")
-            except httpx.HTTPError:
-                return None
-            return resp.status_code
+            return await health_status(client, host, port)
