@@ -231,15 +231,17 @@ class Limits:
 
     # ---- the ledger's figures from the database (off the request path) ---------------------
     async def refresh(self, db: Database) -> None:
-        """Set each user's GPU cost this month from the database, and seed the month's token
-        costs once (at start, and when the month turns)."""
+        """Set the GPU cost this month of each user with a limit from the database (no one
+        else's is ever checked), and seed the month's token costs of every user once (at
+        start, and when the month turns: a limit set later starts from them)."""
         now = self._wall()
         month, since = month_of(now), month_start(now)
         seed = not await self.ledger.seeded(month)
 
         def read() -> tuple[dict[int, int], dict[int, int] | None]:
             with db.session() as s:
-                gpu = spending_store.gpu_cost_by_user(s, since)
+                limited = [u.id for u in spending_store.limited_users(s)]
+                gpu = spending_store.gpu_cost_by_user(s, since, limited)
                 tokens = spending_store.token_cost_by_user(s, since) if seed else None
             return gpu, tokens
 

@@ -66,7 +66,7 @@ class SpendEnforcer:
         changed = False
         with self._db.session() as s:
             users = store.limited_users(s)
-            spent_by_user = store.spent_by_user(s, now) if users else {}
+            spent_by_user = store.spent_by_user(s, now, [u.id for u in users])
             for user in users:
                 limit = store.limit_of(user)
                 effective = limit.effective_micros

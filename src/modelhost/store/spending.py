@@ -3,7 +3,7 @@ domain/spending.py for the rules)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 
 from sqlalchemy import func, select
@@ -17,49 +17,51 @@ from modelhost.store.tables import Deployment, GpuUsage, RequestUsage, SpendAler
 BY_SPENDING_LIMIT = "spending_limit"
 
 
-def gpu_cost_by_user(s: Session, since: datetime) -> dict[int, int]:
-    """GPU cost (micros) per user of periods starting at or after `since`."""
-    q = (
-        select(GpuUsage.user_id, func.sum(GpuUsage.cost_micros))
-        .where(GpuUsage.period_start >= since)
-        .group_by(GpuUsage.user_id)
+def gpu_cost_by_user(
+    s: Session, since: datetime, user_ids: Collection[int] | None = None
+) -> dict[int, int]:
+    """GPU cost (micros) per user of periods starting at or after `since`; only `user_ids`'
+    when given."""
+    if user_ids is not None and not user_ids:
+        return {}
+    q = select(GpuUsage.user_id, func.sum(GpuUsage.cost_micros)).where(
+        GpuUsage.period_start >= since
     )
-    return {int(u): int(total or 0) for u, total in s.execute(q)}
+    if user_ids is not None:
+        q = q.where(GpuUsage.user_id.in_(user_ids))
+    return {int(u): int(total or 0) for u, total in s.execute(q.group_by(GpuUsage.user_id))}
 
 
-def token_cost_by_user(s: Session, since: datetime) -> dict[int, int]:
-    """What each user paid for tokens (micros) in requests at or after `since`."""
-    q = (
-        select(RequestUsage.user_id, func.sum(RequestUsage.cost_micros))
-        .where(RequestUsage.at >= since, RequestUsage.cost_micros > 0)
-        .group_by(RequestUsage.user_id)
+def token_cost_by_user(
+    s: Session, since: datetime, user_ids: Collection[int] | None = None
+) -> dict[int, int]:
+    """What each user paid for tokens (micros) in requests at or after `since`; only
+    `user_ids`' when given."""
+    if user_ids is not None and not user_ids:
+        return {}
+    q = select(RequestUsage.user_id, func.sum(RequestUsage.cost_micros)).where(
+        RequestUsage.at >= since, RequestUsage.cost_micros > 0
     )
-    return {int(u): int(total or 0) for u, total in s.execute(q)}
+    if user_ids is not None:
+        q = q.where(RequestUsage.user_id.in_(user_ids))
+    return {int(u): int(total or 0) for u, total in s.execute(q.group_by(RequestUsage.user_id))}
 
 
-def spent_by_user(s: Session, now: datetime) -> dict[int, int]:
-    """Every user's spend this calendar month (UTC), GPU time and tokens (two queries)."""
+def spent_by_user(
+    s: Session, now: datetime, user_ids: Collection[int] | None = None
+) -> dict[int, int]:
+    """Each user's spend this calendar month (UTC), GPU time and tokens (two queries); only
+    `user_ids`' when given."""
     since = month_start(now)
-    out = gpu_cost_by_user(s, since)
-    for user_id, micros in token_cost_by_user(s, since).items():
+    out = gpu_cost_by_user(s, since, user_ids)
+    for user_id, micros in token_cost_by_user(s, since, user_ids).items():
         out[user_id] = out.get(user_id, 0) + micros
     return out
 
 
 def month_spent(s: Session, user_id: int, now: datetime) -> int:
     """The user's spend this calendar month (UTC) as the database holds it."""
-    since = month_start(now)
-    gpu = s.scalar(
-        select(func.coalesce(func.sum(GpuUsage.cost_micros), 0)).where(
-            GpuUsage.user_id == user_id, GpuUsage.period_start >= since
-        )
-    )
-    tokens = s.scalar(
-        select(func.coalesce(func.sum(RequestUsage.cost_micros), 0)).where(
-            RequestUsage.user_id == user_id, RequestUsage.at >= since
-        )
-    )
-    return int(gpu or 0) + int(tokens or 0)
+    return spent_by_user(s, now, [user_id]).get(user_id, 0)
 
 
 def limit_of(user: User) -> SpendingLimit:
