@@ -149,23 +149,19 @@ class WindowCounter:
 
     def admit(self, checks: Sequence[Check], now: float) -> Decision:
         windows = [self._window(c.key, now) for c in checks]
-        retry = 0.0
+        admitted, retry = True, 0.0
         for c, w in zip(checks, windows, strict=True):
             rpm, tpm = c.limits.rpm, c.limits.tpm
             if rpm is not None and len(w.requests) >= rpm:
                 # The oldest of the last `rpm` requests leaves the window first.
+                admitted = False
                 retry = max(retry, w.requests[len(w.requests) - rpm] + WINDOW_S - now)
             if tpm is not None and w.token_sum >= tpm:
+                admitted = False
                 retry = max(retry, w.tokens_free_at(tpm) - now)
-        admitted = all(
-            (c.limits.rpm is None or len(w.requests) < c.limits.rpm)
-            and (c.limits.tpm is None or w.token_sum < c.limits.tpm)
-            for c, w in zip(checks, windows, strict=True)
-        )
         if admitted:
             for w in windows:
                 w.requests.append(now)
-            retry = 0.0
         states = tuple(KeyState(len(w.requests), w.token_sum) for w in windows)
         self._forget_idle(now)
         return Decision(admitted, max(0.0, retry), states)
